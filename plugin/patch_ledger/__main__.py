@@ -1,0 +1,3 @@
+from patch_ledger.cli import main
+
+raise SystemExit(main())

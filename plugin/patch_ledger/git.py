@@ -1,0 +1,94 @@
+"""The only door to git: one short function a call, plumbing with -z where paths flow.
+
+Plain subprocesses keep the hook's start-up small (GitPython costs more to import than
+these calls take); later issues that need a long-lived repository object add it here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Iterable
+
+from patch_ledger.errors import LedgerError
+
+Blob = "bytes | int | None"  # content; the size of an unread oversized object; None: absent
+
+
+class GitFailed(LedgerError):
+    pass
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without a running hook's GIT_DIR & co., for git in another repository."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in ("GIT_EXEC_PATH", "GIT_CONFIG_NOSYSTEM")}
+
+
+def run(root: Path | str, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run(("git", "-C", str(root), *args), input=input, capture_output=True, env=env)
+    if check and proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise GitFailed(f"git {' '.join(args[:3])} failed: {err[-1] if err else f'exit {proc.returncode}'}")
+    return proc
+
+
+def toplevel(cwd: Path | str) -> Path:
+    proc = run(cwd, "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode != 0:
+        raise LedgerError(f"{os.path.abspath(cwd)}: not inside a git repository; run this in a checkout (or `git init` first)")
+    return Path(proc.stdout.decode().strip())
+
+
+def commit_of(root: Path, rev: str) -> str | None:
+    """The commit `rev` names, or None when it names none (e.g. HEAD before the first commit)."""
+    proc = run(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}", check=False)
+    return proc.stdout.decode().strip() or None
+
+
+def read_blobs(root: Path, specs: Iterable[str], limit: int) -> dict[str, "bytes | int | None"]:
+    """Objects named `rev:path` (or `:path` for the index) in one `cat-file --batch` call."""
+    specs = list(specs)
+    if not specs:
+        return {}
+    out = run(root, "cat-file", "--batch", input="".join(s + "\n" for s in specs).encode()).stdout
+    found: dict[str, bytes | int | None] = {}
+    pos = 0
+    for spec in specs:
+        end = out.index(b"\n", pos)
+        header = out[pos:end].split()
+        pos = end + 1
+        if header[-1] in (b"missing", b"ambiguous") or header[1] != b"blob":
+            found[spec] = None
+            if header[-1] not in (b"missing", b"ambiguous"):
+                pos += int(header[2]) + 1
+            continue
+        size = int(header[2])
+        found[spec] = out[pos:pos + size] if size <= limit else size
+        pos += size + 1
+    return found
+
+
+def paths_at(root: Path, rev: str, prefix: str) -> list[str]:
+    """The files under `prefix` in commit `rev`."""
+    out = run(root, "ls-tree", "-r", "-z", "--name-only", "--full-tree", rev, "--", prefix).stdout
+    return [p for p in out.decode(errors="surrogateescape").split("\0") if p]
+
+
+def index_paths(root: Path, prefix: str) -> list[str]:
+    out = run(root, "ls-files", "-z", "--cached", "--", prefix).stdout
+    return [p for p in out.decode(errors="surrogateescape").split("\0") if p]
+
+
+def changed_paths(root: Path, base: str | None, prefix: str, staged: bool, deleted: bool = False) -> list[str]:
+    """Files under `prefix` that differ from `base` (an empty tree when None), in the index
+    (staged) or the working tree; only the deleted ones when `deleted`."""
+    against = base or empty_tree(root)
+    args = ["diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--diff-filter=" + ("D" if deleted else "ACMRTUXB")]
+    out = run(root, *args, *(["--cached"] if staged else []), against, "--", prefix).stdout
+    return [p for p in out.decode(errors="surrogateescape").split("\0") if p]
+
+
+def empty_tree(root: Path) -> str:
+    return run(root, "hash-object", "-t", "tree", "--stdin", input=b"").stdout.decode().strip()

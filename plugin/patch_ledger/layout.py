@@ -1,0 +1,57 @@
+"""Where state lives in a user's repository: one catalogue drives the checker, the
+pre-commit manifest's `files` pattern and the docs."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+ROOT = ".ledger"
+
+# (kind, path pattern): {run} and {id} are one path segment each.
+LAYOUT: tuple[tuple[str, str], ...] = (
+    ("config", ".ledger/config.yaml"),
+    ("plan", ".ledger/plans/{id}.yaml"),
+    ("run", ".ledger/runs/{run}/run.json"),
+    ("workstream", ".ledger/runs/{run}/workstreams/{id}.json"),
+    ("task", ".ledger/runs/{run}/tasks/{id}.json"),
+    ("worker", ".ledger/runs/{run}/workers/{id}.json"),
+    ("breaker", ".ledger/runs/{run}/breakers/{id}.json"),
+    ("workflow", ".ledger/runs/{run}/workflows/{id}.json"),
+    ("event", ".ledger/runs/{run}/events.jsonl"),
+)
+
+_SEGMENT = r"[^/]+"
+
+
+def _regex(pattern: str, named: bool) -> str:
+    out = re.escape(pattern)
+    for key in ("run", "id"):
+        out = out.replace(re.escape("{" + key + "}"), f"(?P<{key}>{_SEGMENT})" if named else _SEGMENT)
+    return out
+
+
+_COMPILED = tuple((kind, re.compile(_regex(p, named=True) + r"\Z")) for kind, p in LAYOUT)
+
+
+class StateFile(NamedTuple):
+    path: str  # relative to the repository's top, with forward slashes
+    kind: str  # the schema that validates it
+    run: str | None  # the run it belongs to
+    id: str | None  # the entity id its name promises
+
+
+def classify(path: str) -> StateFile | None:
+    """The state file at repository-relative `path`, or None when it is not one."""
+    for kind, regex in _COMPILED:
+        match = regex.match(path)
+        if match:
+            groups = match.groupdict()
+            return StateFile(path, kind, groups.get("run"), groups.get("id"))
+    return None
+
+
+def files_regex() -> str:
+    """One anchored regex matching every state file (the pre-commit manifest's `files`)."""
+    inner = "|".join(_regex(p, named=False).removeprefix(re.escape(ROOT + "/")) for _, p in LAYOUT)
+    return rf"^\.ledger/({inner})$"

@@ -1,0 +1,169 @@
+"""One state-machine engine for every entity, driven by the `x-state-machine` of its schema.
+
+A machine's states are the enum at `#/$defs/state` of the entity's schema; the block
+`x-state-machine` adds the initial state, the terminal states, the named transitions and
+the guards (patch_ledger.guards) that hold for it. Nothing else restates them.
+
+The engine enforces the global invariants of DESIGN.md on one document (`history_problems`)
+and between two versions of it (`change_problems`), and makes transitions in-process
+(`advance`), so a writer can never produce what the checker would refuse.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterator, NamedTuple
+
+from patch_ledger import schemas
+from patch_ledger.errors import LedgerError
+
+MACHINE_KINDS = ("run", "workstream", "task", "worker", "patch", "gate", "breaker", "workflow")
+
+
+class Problem(NamedTuple):
+    """Something wrong in one document: where (a JSON pointer's parts) and why."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+@dataclass(frozen=True)
+class Machine:
+    kind: str
+    name: str
+    states: tuple[str, ...]
+    initial: str
+    terminal: frozenset[str]
+    transitions: dict[tuple[str, str], str]  # (from, to) -> transition name
+    guards: tuple[str, ...]
+    roles: dict[str, str]
+
+    def is_legal(self, source: str, target: str) -> bool:
+        return (source, target) in self.transitions
+
+    def targets(self, source: str) -> list[str]:
+        return [to for (frm, to) in self.transitions if frm == source]
+
+
+@lru_cache(maxsize=None)
+def load(kind: str) -> Machine:
+    """The machine of entity `kind`, read from `schemas/<kind>.json` and checked for sense."""
+    schema = schemas.load(kind)
+    block = schema.get("x-state-machine")
+    if block is None:
+        raise LedgerError(f"schemas/{kind}.json: no x-state-machine; {kind} has no state machine")
+    states = tuple(schema["$defs"]["state"]["enum"])
+    transitions: dict[tuple[str, str], str] = {}
+    for t in block["transitions"]:
+        for source in t["from"]:
+            if (source, t["to"]) in transitions:
+                raise LedgerError(f"schemas/{kind}.json: {source}->{t['to']} is named twice; give each step one name")
+            transitions[(source, t["to"])] = t["name"]
+    machine = Machine(kind, block["name"], states, block["initial"], frozenset(block["terminal"]),
+                      transitions, tuple(block.get("guards", ())), dict(block.get("roles", {})))
+    _check_sense(machine)
+    return machine
+
+
+def _check_sense(m: Machine) -> None:
+    named = {m.initial, *m.terminal, *m.roles, *(s for pair in m.transitions for s in pair)}
+    unknown = sorted(named - set(m.states))
+    if unknown:
+        raise LedgerError(f"schemas/{m.kind}.json: {', '.join(unknown)} not in $defs/state; add or fix them")
+    leaving = sorted(frm for (frm, _) in m.transitions if frm in m.terminal)
+    if leaving:
+        raise LedgerError(f"schemas/{m.kind}.json: terminal state(s) {', '.join(leaving)} have transitions out")
+
+
+def time_key(stamp: str) -> tuple[str, str]:
+    """Orders RFC 3339 UTC stamps of the schema's form, whatever their fractional digits."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    return whole, fraction.ljust(9, "0")
+
+
+def history_problems(m: Machine, doc: dict[str, Any]) -> Iterator[Problem]:
+    """The invariants of one version: a legal walk from the initial state, in time order,
+    ending in `state`. Assumes the document matched its schema."""
+    history = doc["history"]
+    first = history[0]
+    if first["from"] is not None or first["to"] != m.initial:
+        yield Problem(("history", 0), f"must enter the initial state: from null to {m.initial}")
+    for i in range(1, len(history)):
+        before, step = history[i - 1], history[i]
+        yield from _step_problems(m, i, before, step)
+    if doc["state"] != history[-1]["to"]:
+        yield Problem(("state",), f"is {doc['state']} but the last history entry enters {history[-1]['to']}")
+
+
+def _step_problems(m: Machine, i: int, before: dict[str, Any], step: dict[str, Any]) -> Iterator[Problem]:
+    where = ("history", i)
+    for field in ("from", "to"):
+        if step[field] not in m.states:
+            yield Problem((*where, field), f"{step[field]} is not a {m.name} state")
+            return
+    if step["from"] != before["to"]:
+        yield Problem((*where, "from"), f"is {step['from']} but history[{i - 1}] entered {before['to']}")
+    elif step["from"] in m.terminal:
+        yield Problem(where, f"leaves the terminal state {step['from']} (to {step['to']}); terminal states are final")
+    elif not m.is_legal(step["from"], step["to"]):
+        allowed = ", ".join(m.targets(step["from"])) or "nothing"
+        yield Problem(where, f"{step['from']} -> {step['to']} is not a {m.name} transition (from {step['from']}: {allowed})")
+    if time_key(step["at"]) < time_key(before["at"]):
+        yield Problem((*where, "at"), f"{step['at']} is earlier than history[{i - 1}] ({before['at']}); time never goes back")
+
+
+def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Iterator[Problem]:
+    """The invariants between the previous version `old` and `new` of one entity."""
+    if old.get("id") != new.get("id"):
+        yield Problem(("id",), f"changed from {old.get('id')!r}; an entity keeps its id")
+    old_h, new_h = old.get("history") or [], new["history"]
+    for i, entry in enumerate(old_h):
+        if i >= len(new_h):
+            yield Problem(("history",), f"lost entries: it had {len(old_h)}, now {len(new_h)}; history is append-only")
+            return
+        if new_h[i] != entry:
+            yield Problem(("history", i), f"was rewritten (was {_describe(entry)}, now {_describe(new_h[i])}); history is append-only")
+            return
+    if old.get("state") in m.terminal and new["state"] != old.get("state"):
+        yield Problem(("state",), f"left the terminal state {old['state']} for {new['state']}")
+    old_p, new_p = old.get("progress"), new.get("progress")
+    if isinstance(old_p, (int, float)) and isinstance(new_p, (int, float)) and new_p < old_p:
+        yield Problem(("progress",), f"went down from {old_p} to {new_p}; progress never goes down")
+
+
+def _describe(entry: Any) -> str:
+    if not isinstance(entry, dict):
+        return repr(entry)
+    return f"{entry.get('from')}->{entry.get('to')} at {entry.get('at')}"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_document(kind: str, doc_id: str, actor: str, reason: str = "created", at: str | None = None,
+                 **fields: Any) -> dict[str, Any]:
+    """A new entity in its machine's initial state, with its first history entry."""
+    m = load(kind)
+    entry = {"from": None, "to": m.initial, "at": at or now(), "actor": actor, "reason": reason}
+    return {"schema_version": schemas.CURRENT_VERSION, "id": doc_id, "state": m.initial, **fields, "history": [entry]}
+
+
+def advance(doc: dict[str, Any], kind: str, to: str, actor: str, reason: str = "",
+            at: str | None = None, **fields: Any) -> dict[str, Any]:
+    """`doc` moved to state `to`: a new document, or LedgerError naming the refused step."""
+    m = load(kind)
+    source = doc["state"]
+    if source in m.terminal:
+        raise LedgerError(f"{kind} {doc['id']} is {source}, a terminal state; it cannot move to {to}")
+    if not m.is_legal(source, to):
+        allowed = ", ".join(m.targets(source)) or "nothing"
+        raise LedgerError(f"{kind} {doc['id']}: {source} -> {to} is not a {m.name} transition (from {source}: {allowed})")
+    stamp = at or now()
+    last = doc["history"][-1]["at"]
+    if time_key(stamp) < time_key(last):
+        stamp = last  # a clock that stepped back must not break the order
+    entry = {"from": source, "to": to, "at": stamp, "actor": actor, "reason": reason}
+    return {**doc, **fields, "state": to, "history": [*doc["history"], entry]}

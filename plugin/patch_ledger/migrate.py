@@ -1,0 +1,110 @@
+"""Upgrading state files written in an older `schema_version`, one step a version.
+
+Version 1 (the format of the project's origin documents) recorded each history entry as
+the state entered, `{"state", "at", "by", "note"}`, and progress as a percentage 0-100.
+Version 2 records each step as `{"from", "to", "at", "actor", "reason"}` so that every
+entry can be checked as a transition on its own, and progress as a share 0-1.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+from patch_ledger import documents, git, schemas
+from patch_ledger.errors import LedgerError
+from patch_ledger.layout import ROOT, classify
+from patch_ledger.source import state_paths, worktree
+
+Doc = dict[str, Any]
+
+
+def _v1_to_v2(kind: str, doc: Doc) -> Doc:
+    doc = copy.deepcopy(doc)
+    if isinstance(doc.get("history"), list):
+        previous = None
+        steps = []
+        for entry in doc["history"]:
+            if not isinstance(entry, dict):
+                raise LedgerError(f"a version-1 history entry is not an object: {entry!r}")
+            steps.append({"from": previous, "to": entry.get("state"), "at": entry.get("at"),
+                          "actor": entry.get("by") or "unknown", "reason": entry.get("note") or ""})
+            previous = entry.get("state")
+        doc["history"] = steps
+    if isinstance(doc.get("progress"), (int, float)) and not isinstance(doc["progress"], bool):
+        doc["progress"] = round(doc["progress"] / 100, 6)
+    if kind == "event" and "state" in doc:
+        doc["to"] = doc.pop("state")
+        doc.setdefault("from", doc.pop("previous", None))
+    doc["schema_version"] = 2
+    return doc
+
+
+# version -> the step that lifts a document of that version to the next
+STEPS: dict[int, Callable[[str, Doc], Doc]] = {1: _v1_to_v2}
+
+
+def upgrade(kind: str, doc: Doc) -> Doc:
+    """`doc` lifted to the current schema_version; LedgerError for an unknown version."""
+    version = doc.get("schema_version")
+    while version != schemas.CURRENT_VERSION:
+        step = STEPS.get(version) if isinstance(version, int) else None
+        if step is None:
+            raise LedgerError(f"unknown schema_version {version!r}; this patch-ledger reads 1 to {schemas.CURRENT_VERSION}")
+        doc = step(kind, doc)
+        version = doc["schema_version"]
+    return doc
+
+
+class Migrated(NamedTuple):
+    path: str
+    old_version: int
+
+
+def migrate(cwd: Path | str, paths: Sequence[str] = (), dry_run: bool = False) -> list[Migrated]:
+    """Rewrite every older state file (under .ledger/, or those named) in the current version.
+    Everything is read and upgraded before anything is written, so bad input writes nothing."""
+    root = git.toplevel(cwd)
+    wanted = state_paths(root, Path(cwd), paths, worktree(root)) if paths else _all_files(root)
+    files = [classify(p) for p in wanted]
+    pending: list[tuple[Path, str, Migrated]] = []
+    for f in files:
+        if f is None or f.kind in ("config", "plan"):
+            continue
+        target = root / f.path
+        try:
+            raw = target.read_bytes()
+            data = documents.parse(f.kind, raw, f.path, lambda p: None)
+        except (OSError, documents.InputProblem) as e:
+            raise LedgerError(f"{f.path}: {e}; fix it before migrating") from None
+        records = data if f.kind == "event" else [data]
+        oldest = min((r.get("schema_version", schemas.CURRENT_VERSION) for r in records), default=schemas.CURRENT_VERSION)
+        if oldest == schemas.CURRENT_VERSION:
+            continue
+        try:
+            upgraded = [upgrade(f.kind, r) for r in records]
+        except LedgerError as e:
+            raise LedgerError(f"{f.path}: {e}") from None
+        pending.append((target, _dump(f.kind, upgraded), Migrated(f.path, oldest)))
+    if not dry_run:
+        for target, text, _ in pending:
+            _write(target, text)
+    return [m for _, _, m in pending]
+
+
+def _all_files(root: Path) -> list[str]:
+    return [str(p.relative_to(root)).replace("\\", "/") for p in sorted((root / ROOT).rglob("*")) if p.is_file()]
+
+
+def _dump(kind: str, records: list[Doc]) -> str:
+    if kind == "event":
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    return json.dumps(records[0], indent=2) + "\n"
+
+
+def _write(target: Path, text: str) -> None:
+    temporary = target.with_name(target.name + ".ledger-tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(target)
