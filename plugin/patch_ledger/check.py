@@ -111,12 +111,14 @@ def _load_quietly(f: StateFile, now: Snapshot) -> Loaded:
     """A member of a run that was not asked for: used for cross-file checks if it is sound."""
     raw = now.read(f.path)
     try:
-        data = documents.parse(f.kind, raw, f.path, now.read) if raw is not None else None
+        if raw is None or isinstance(raw, int):
+            return Loaded(f, "", None, False)
+        data = documents.parse(f.kind, raw, f.path, now.read)
         _require_current(f, data)
     except InputProblem:
         return Loaded(f, "", None, False)
-    valid = data is not None and all(schemas.is_valid(f.kind, d) for d in _records(f, data))
-    return Loaded(f, "", data, valid)
+    valid = all(schemas.is_valid(f.kind, d) for d in _records(f, data))
+    return Loaded(f, raw.decode("utf-8"), data, valid)
 
 
 def _records(f: StateFile, data: Any) -> list[Any]:

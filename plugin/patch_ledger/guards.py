@@ -112,7 +112,7 @@ def _progress_problem(path: str, doc: Doc, tasks: list[Doc], what: str) -> Itera
         return
     derived = _share_done(tasks, load("task").terminal)
     if abs(doc["progress"] - derived) > 1e-6:
-        yield path, Problem(("progress",), f"is {doc['progress']} but {what} say {derived:.4g} (terminal tasks / all tasks)")
+        yield path, Problem(("progress",), f"is {doc['progress']:.4g} but {what} say {derived:.4g} (terminal tasks / all tasks)")
 
 
 @run_guard

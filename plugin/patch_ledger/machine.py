@@ -124,7 +124,7 @@ def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Ite
             yield Problem(("history",), f"lost entries: it had {len(old_h)}, now {len(new_h)}; history is append-only")
             return
         if new_h[i] != entry:
-            yield Problem(("history", i), f"was rewritten (was {_describe(entry)}, now {_describe(new_h[i])}); history is append-only")
+            yield Problem(("history", i), f"was rewritten ({_difference(entry, new_h[i])}); history is append-only")
             return
     if old.get("state") in m.terminal and new["state"] != old.get("state"):
         yield Problem(("state",), f"left the terminal state {old['state']} for {new['state']}")
@@ -133,10 +133,11 @@ def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Ite
         yield Problem(("progress",), f"went down from {old_p} to {new_p}; progress never goes down")
 
 
-def _describe(entry: Any) -> str:
-    if not isinstance(entry, dict):
-        return repr(entry)
-    return f"{entry.get('from')}->{entry.get('to')} at {entry.get('at')}"
+def _difference(old: Any, new: Any) -> str:
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return f"was {old!r}, now {new!r}"
+    keys = [k for k in (*old, *(k for k in new if k not in old)) if old.get(k) != new.get(k)]
+    return "; ".join(f"{k}: {old.get(k)!r} became {new.get(k)!r}" for k in keys)
 
 
 def now() -> str:

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from patch_ledger import git
+from patch_ledger.errors import OK, LedgerError
+from patch_ledger.report import emit
+from patch_ledger.resources import PACKAGE, data_dir
+
+CONFIG = ".ledger/config.yaml"
+
+
+def run(cwd: str, hooks: bool, force: bool, fmt: str) -> int:
+    root = git.toplevel(cwd)
+    planned = _hook_plan(root, force) if hooks else []  # refuse before writing anything
+    created = []
+    config = root / CONFIG
+    if not config.exists():
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text((PACKAGE / "templates" / "config.yaml").read_text())
+        created.append(CONFIG)
+    for source, target in planned:
+        created.append(install_hook(source, target))
+    emit(fmt, {"created": created, "root": str(root)},
+         lambda _: "\n".join([f"created {p}" for p in created] or [f"{CONFIG} exists; nothing to do"]))
+    return OK
+
+
+def _hook_plan(root: Path, force: bool) -> list[tuple[Path, Path]]:
+    hooks_dir = Path(git.run(root, "rev-parse", "--git-path", "hooks").stdout.decode().strip())
+    hooks_dir = hooks_dir if hooks_dir.is_absolute() else root / hooks_dir
+    plan = []
+    for source in sorted(data_dir("hooks").iterdir()):
+        target = hooks_dir / source.name
+        if target.exists() and target.read_text(errors="replace") != _render(source) and not force:
+            raise LedgerError(f"{target}: a different hook is installed; pass --force to replace it (it is kept as {target.name}.legacy)")
+        plan.append((source, target))
+    return plan
+
+
+def _render(source: Path) -> str:
+    return source.read_text().replace("@PYTHON@", sys.executable)
+
+
+def install_hook(source: Path, target: Path) -> str:
+    """Install one hook script, with this interpreter written in so the hook finds us."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = _render(source)
+    if target.exists() and target.read_text(errors="replace") != text:
+        target.replace(target.with_name(target.name + ".legacy"))
+    target.write_text(text)
+    target.chmod(0o755)
+    return str(target)
