@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from patch_ledger import git, plans
-from patch_ledger.commands.init import install_hook
+from patch_ledger.commands.init import install_hook, write_config
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.report import emit
 from patch_ledger.resources import data_dir, example_dir
@@ -53,6 +53,7 @@ def _prepare(directory: str | None) -> Path:
     source = example_dir("demo")
     shutil.copytree(source, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("ledger", "__pycache__"))
     shutil.copytree(source / "ledger", root / ".ledger")
+    write_config(root)
     _git(root, "init", "-q", "-b", "main")
     for key, value in (("user.name", "ledger demo"), ("user.email", "demo@patch-ledger.invalid"), ("commit.gpgsign", "false")):
         _git(root, "config", key, value)

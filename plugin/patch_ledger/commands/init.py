@@ -14,17 +14,22 @@ CONFIG = ".ledger/config.yaml"
 def run(cwd: str, hooks: bool, force: bool, fmt: str) -> int:
     root = git.toplevel(cwd)
     planned = _hook_plan(root, force) if hooks else []  # refuse before writing anything
-    created = []
-    config = root / CONFIG
-    if not config.exists():
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text((PACKAGE / "templates" / "config.yaml").read_text())
-        created.append(CONFIG)
+    created = [CONFIG] if write_config(root) else []
     for source, target in planned:
         created.append(install_hook(source, target))
     emit(fmt, {"created": created, "root": str(root)},
          lambda _: "\n".join([f"created {p}" for p in created] or [f"{CONFIG} exists; nothing to do"]))
     return OK
+
+
+def write_config(root: Path) -> bool:
+    """.ledger/config.yaml with commented defaults, unless there is one already."""
+    config = root / CONFIG
+    if config.exists():
+        return False
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text((PACKAGE / "templates" / "config.yaml").read_text())
+    return True
 
 
 def _hook_plan(root: Path, force: bool) -> list[tuple[Path, Path]]:

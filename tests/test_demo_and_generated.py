@@ -1,0 +1,68 @@
+"""The demo as the README runs it, and the files generated from schemas/ and the layout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from patch_ledger import generate
+from tests.builders import ledger
+
+TOP = Path(__file__).resolve().parent.parent
+
+
+def test_demo_accepts_the_valid_and_refuses_the_invalid(tmp_path: Path) -> None:
+    target = tmp_path / "demo"
+    proc = ledger(tmp_path, "demo", "--dir", str(target), "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is True
+    assert [s["got"] for s in report["steps"]] == ["accepted"] * 2 + ["refused"] * 6
+    assert all(s["expected"] == s["got"] for s in report["steps"])
+    # the kept repository is sound, and its history holds the two accepted commits
+    assert ledger(target, "check").returncode == 0
+    log = subprocess.run(["git", "-C", str(target), "log", "--oneline"], capture_output=True, text=True).stdout
+    assert len(log.splitlines()) == 2
+    assert (target / "tests" / "test_calc.py").is_file()
+
+
+def test_demo_text_shows_each_refusal_with_its_location(tmp_path: Path) -> None:
+    proc = ledger(tmp_path, "demo", "--dir", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 commit(s) accepted, 6 refused, as expected." in proc.stdout
+    assert "tasks/write-code.json:8:17: task dependency cycle: write-code -> write-docs -> write-code" in proc.stdout
+
+
+def test_demo_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    proc = ledger(tmp_path, "demo", "--dir", str(tmp_path / "busy"))
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["file"]
+
+
+def test_generated_files_are_fresh() -> None:
+    assert generate.stale(TOP) == [], "run `python -m patch_ledger.generate` and commit the result"
+
+
+def test_generate_check_fails_when_a_file_is_stale(tmp_path: Path) -> None:
+    for path, render in generate.GENERATED.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(render())
+    ok = subprocess.run([sys.executable, "-m", "patch_ledger.generate", "--check"], cwd=tmp_path, capture_output=True, text=True)
+    assert ok.returncode == 0
+    (tmp_path / "docs/state-machines.md").write_text("old\n")
+    stale = subprocess.run([sys.executable, "-m", "patch_ledger.generate", "--check"], cwd=tmp_path, capture_output=True, text=True)
+    assert stale.returncode == 1 and "docs/state-machines.md: stale" in stale.stderr
+
+
+def test_every_machine_has_a_diagram_with_every_transition() -> None:
+    from patch_ledger import machine
+
+    text = (TOP / "docs/state-machines.md").read_text()
+    for kind in machine.MACHINE_KINDS:
+        m = machine.load(kind)
+        for (source, target), name in m.transitions.items():
+            assert f"    {source} --> {target} : {name}" in text
