@@ -39,10 +39,10 @@ def commit(repo: Path, message: str = "change", *, verify: bool = False) -> subp
 
 def walk(kind: str, doc_id: str, states: list[str], start: int = 0, **fields: Any) -> dict[str, Any]:
     """A document that entered each of `states` in turn (after the initial one), a minute apart."""
-    doc = machine.new_document(kind, doc_id, "tester", at=stamp(start), **fields)
+    doc = machine.new_document(kind, doc_id, "tester", at=stamp(start), fields=fields)
     for i, state in enumerate(states, 1):
         extra = {"attempts": doc.get("attempts", 0) + 1} if kind == "task" and state == "RUNNING" else {}
-        doc = machine.advance(doc, kind, state, "tester", f"step {i}", at=stamp(start + i), **extra)
+        doc = machine.advance(doc, kind, state, "tester", f"step {i}", at=stamp(start + i), fields=extra)
     return doc
 
 

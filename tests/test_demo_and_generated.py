@@ -48,14 +48,39 @@ def test_generated_files_are_fresh() -> None:
 
 
 def test_generate_check_fails_when_a_file_is_stale(tmp_path: Path) -> None:
-    for path, render in generate.GENERATED.items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(render())
-    ok = subprocess.run([sys.executable, "-m", "patch_ledger.generate", "--check"], cwd=tmp_path, capture_output=True, text=True)
-    assert ok.returncode == 0
+    def generate_in(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "patch_ledger.generate", *args], cwd=tmp_path, capture_output=True, text=True)
+
+    assert generate_in().returncode == 0
+    assert generate_in("--check").returncode == 0
     (tmp_path / "docs/state-machines.md").write_text("old\n")
-    stale = subprocess.run([sys.executable, "-m", "patch_ledger.generate", "--check"], cwd=tmp_path, capture_output=True, text=True)
-    assert stale.returncode == 1 and "docs/state-machines.md: stale" in stale.stderr
+    task_validator = tmp_path / generate.VALIDATORS.format("task")
+    task_validator.write_text("# schemas/ digest: 0000\n" + task_validator.read_text().split("\n", 1)[1])
+    stale = generate_in("--check")
+    assert stale.returncode == 1
+    assert "docs/state-machines.md: stale" in stale.stderr and "validators/task.py: stale" in stale.stderr
+
+
+def test_generated_validators_agree_with_a_fresh_compile() -> None:
+    """The shipped validators are what fastjsonschema makes of today's schemas."""
+    import fastjsonschema
+
+    from patch_ledger import schemas
+    from tests.builders import task
+
+    fresh = fastjsonschema.compile(schemas.load("task"), handlers={"https": schemas._by_uri}, use_default=False)
+    for doc in (task("a"), task("a", ["QUEUED"]) | {"attempts": "x"}, task("a") | {"id": "a\n"}, {"id": 1}):
+        assert schemas.is_valid("task", doc) == _accepts(fresh, doc)
+
+
+def _accepts(validate: object, doc: object) -> bool:
+    from fastjsonschema import JsonSchemaValueException
+
+    try:
+        validate(doc)  # type: ignore[operator]
+    except JsonSchemaValueException:
+        return False
+    return True
 
 
 def test_every_machine_has_a_diagram_with_every_transition() -> None:

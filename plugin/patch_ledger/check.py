@@ -53,10 +53,15 @@ def check(cwd: Path | str, paths: Sequence[str] = (), base: str | None = None, s
     for f in members:
         if f.path not in loaded:
             loaded[f.path] = _load_quietly(f, now)
+    retired: dict[str, list[tuple[str, str]]] = {}
     for f in deleted:
-        findings.extend(_check_deleted(f, old))
+        problems = _check_deleted(f, old, deleted)
+        findings.extend(problems)
+        if not problems and f.run and f.kind in machine.MACHINE_KINDS:
+            retired.setdefault(f.run, []).append((f.kind, f.id or f.run))
     for run in runs:
-        findings.extend(consistency.findings(run, [l for l in loaded.values() if l.file.run == run], _locate))
+        members_of_run = [l for l in loaded.values() if l.file.run == run]
+        findings.extend(consistency.findings(run, members_of_run, _locate, retired.get(run, [])))
     return Report([f.path for f in (*targets, *deleted)], sorted(set(findings)), base_commit)
 
 
@@ -189,10 +194,16 @@ def _previous(f: StateFile, old: Snapshot | None) -> Any:
         return None
 
 
-def _check_deleted(f: StateFile, old: Snapshot | None) -> list[Finding]:
-    before = _previous(f, old)
+def _check_deleted(f: StateFile, old: Snapshot | None, deleted: list[StateFile]) -> list[Finding]:
+    """A deleted file is fine when its entity had finished; an event log may go only
+    with its run, and only once the run had finished."""
     if f.kind == "event":
-        return [Finding(f.path, 1, 1, "change", "the event log was deleted; it is append-only")]
+        run_file = next((d for d in deleted if d.kind == "run" and d.run == f.run), None)
+        run_doc = _previous(run_file, old) if run_file else None
+        if isinstance(run_doc, dict) and run_doc.get("state") in machine.load("run").terminal:
+            return []
+        return [Finding(f.path, 1, 1, "change", "the event log was deleted; it is append-only (it may go only with its finished run)")]
+    before = _previous(f, old)
     if not isinstance(before, dict) or f.kind not in machine.MACHINE_KINDS:
         return []
     state = before.get("state")

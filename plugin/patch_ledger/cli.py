@@ -84,8 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(cli.main(args=args, prog_name="ledger", standalone_mode=False))
     except click.exceptions.Exit as e:
         return e.exit_code
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "ledger"
+        click.echo(f"ledger: error: {e.format_message()} (see `{where} --help`)", err=True)
+        return BAD_INPUT
     except click.ClickException as e:
-        e.show()
+        click.echo(f"ledger: error: {e.format_message()}", err=True)
         return BAD_INPUT
     except click.Abort:
         click.echo("ledger: aborted", err=True)

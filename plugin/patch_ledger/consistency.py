@@ -13,10 +13,14 @@ from patch_ledger.findings import Finding, pointer
 Locate = Callable[[Any, str, Sequence[Any]], "tuple[int, int]"]
 
 
-def findings(run: str, loaded: Sequence[Any], locate: Locate) -> list[Finding]:
+def findings(run: str, loaded: Sequence[Any], locate: Locate, retired: Sequence[tuple[str, str]] = ()) -> list[Finding]:
+    """Problems across the files of `run`. `retired` entities (kind, id) were deleted in a
+    terminal state: the event log may still name them."""
     by_path = {item.file.path: item for item in loaded}
     docs = guards.RunDocs(run, {})
     known: dict[str, set[str]] = {}
+    for kind, entity_id in retired:
+        known.setdefault(kind, set()).add(entity_id)
     for item in loaded:
         if item.file.kind in machine.MACHINE_KINDS:
             known.setdefault(item.file.kind, set()).add(item.file.id or run)
@@ -33,9 +37,12 @@ def _problems(run: str, docs: guards.RunDocs, known: dict[str, set[str]], loaded
     yield from _references(run, docs, known)
     for kind in ("task", "workstream"):
         yield from _cycles(kind, docs)
-    for kind in machine.MACHINE_KINDS:
-        for path, problem in guards.run_problems(machine.load(kind), docs):
-            yield path, problem.path, problem.message
+    # Aggregates are judged only on a whole run: one broken task file is reported on its
+    # own, not again as every total it would have counted in.
+    if all(item.valid for item in loaded if item.file.kind in machine.MACHINE_KINDS):
+        for kind in machine.MACHINE_KINDS:
+            for path, problem in guards.run_problems(machine.load(kind), docs):
+                yield path, problem.path, problem.message
     events = [item for item in loaded if item.file.kind == "event" and item.valid]
     for item in events:
         yield from _events(item.file.path, item.data, docs, known)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
-from typing import Iterable
+from typing import IO, Iterable
 
 from patch_ledger.errors import LedgerError
-
-Blob = "bytes | int | None"  # content; the size of an unread oversized object; None: absent
-
 
 class GitFailed(LedgerError):
     pass
@@ -48,26 +46,47 @@ def commit_of(root: Path, rev: str) -> str | None:
 
 
 def read_blobs(root: Path, specs: Iterable[str], limit: int) -> dict[str, "bytes | int | None"]:
-    """Objects named `rev:path` (or `:path` for the index) in one `cat-file --batch` call."""
+    """Objects named `rev:path` (or `:path` for the index) from one `cat-file --batch`,
+    streamed: an object over `limit` bytes is skipped unread and reported by its size."""
     specs = list(specs)
     if not specs:
         return {}
-    out = run(root, "cat-file", "--batch", input="".join(s + "\n" for s in specs).encode()).stdout
+    proc = subprocess.Popen(("git", "-C", str(root), "cat-file", "--batch"), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, specs), daemon=True)
+    feeder.start()  # git answers while we still ask: no deadlock on full pipes
     found: dict[str, bytes | int | None] = {}
-    pos = 0
+    out = proc.stdout
+    assert out is not None
     for spec in specs:
-        end = out.index(b"\n", pos)
-        header = out[pos:end].split()
-        pos = end + 1
-        if header[-1] in (b"missing", b"ambiguous") or header[1] != b"blob":
+        header = out.readline().split()
+        if not header or header[-1] in (b"missing", b"ambiguous"):
             found[spec] = None
-            if header[-1] not in (b"missing", b"ambiguous"):
-                pos += int(header[2]) + 1
             continue
         size = int(header[2])
-        found[spec] = out[pos:pos + size] if size <= limit else size
-        pos += size + 1
+        if header[1] != b"blob" or size > limit:
+            _skip(out, size + 1)
+            found[spec] = None if header[1] != b"blob" else size
+            continue
+        found[spec] = out.read(size)
+        out.read(1)
+    feeder.join()
+    proc.wait()
     return found
+
+
+def _feed(stdin: IO[bytes] | None, specs: list[str]) -> None:
+    assert stdin is not None
+    try:
+        stdin.write("".join(s + "\n" for s in specs).encode())
+        stdin.close()
+    except BrokenPipeError:
+        pass
+
+
+def _skip(stream: IO[bytes], count: int) -> None:
+    while count > 0:
+        count -= len(stream.read(min(count, 1 << 20)) or b"\0" * count)
 
 
 def paths_at(root: Path, rev: str, prefix: str) -> list[str]:

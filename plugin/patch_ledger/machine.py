@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from patch_ledger import schemas
 from patch_ledger.errors import LedgerError
@@ -75,6 +75,11 @@ def _check_sense(m: Machine) -> None:
     leaving = sorted(frm for (frm, _) in m.transitions if frm in m.terminal)
     if leaving:
         raise LedgerError(f"schemas/{m.kind}.json: terminal state(s) {', '.join(leaving)} have transitions out")
+    from patch_ledger import guards  # guards builds on this module
+
+    missing = guards.unknown(m)
+    if missing:
+        raise LedgerError(f"schemas/{m.kind}.json: no guard named {', '.join(missing)} in patch_ledger.guards")
 
 
 def time_key(stamp: str) -> tuple[str, str]:
@@ -89,7 +94,7 @@ def history_problems(m: Machine, doc: dict[str, Any]) -> Iterator[Problem]:
     history = doc["history"]
     first = history[0]
     if first["from"] is not None or first["to"] != m.initial:
-        yield Problem(("history", 0), f"must enter the initial state: from null to {m.initial}")
+        yield Problem(("history", 0), f"history[0] must enter the initial state: from null to {m.initial}")
     for i in range(1, len(history)):
         before, step = history[i - 1], history[i]
         yield from _step_problems(m, i, before, step)
@@ -101,17 +106,17 @@ def _step_problems(m: Machine, i: int, before: dict[str, Any], step: dict[str, A
     where = ("history", i)
     for field in ("from", "to"):
         if step[field] not in m.states:
-            yield Problem((*where, field), f"{step[field]} is not a {m.name} state")
+            yield Problem((*where, field), f"history[{i}]: {step[field]} is not a {m.name} state")
             return
     if step["from"] != before["to"]:
-        yield Problem((*where, "from"), f"is {step['from']} but history[{i - 1}] entered {before['to']}")
+        yield Problem((*where, "from"), f"history[{i}] starts from {step['from']} but history[{i - 1}] entered {before['to']}")
     elif step["from"] in m.terminal:
-        yield Problem(where, f"leaves the terminal state {step['from']} (to {step['to']}); terminal states are final")
+        yield Problem(where, f"history[{i}] leaves the terminal state {step['from']} (to {step['to']}); terminal states are final")
     elif not m.is_legal(step["from"], step["to"]):
         allowed = ", ".join(m.targets(step["from"])) or "nothing"
-        yield Problem(where, f"{step['from']} -> {step['to']} is not a {m.name} transition (from {step['from']}: {allowed})")
+        yield Problem(where, f"history[{i}]: {step['from']} -> {step['to']} is not a {m.name} transition (from {step['from']}: {allowed})")
     if time_key(step["at"]) < time_key(before["at"]):
-        yield Problem((*where, "at"), f"{step['at']} is earlier than history[{i - 1}] ({before['at']}); time never goes back")
+        yield Problem((*where, "at"), f"history[{i}] at {step['at']} is earlier than history[{i - 1}] ({before['at']}); time never goes back")
 
 
 def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Iterator[Problem]:
@@ -121,10 +126,10 @@ def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Ite
     old_h, new_h = old.get("history") or [], new["history"]
     for i, entry in enumerate(old_h):
         if i >= len(new_h):
-            yield Problem(("history",), f"lost entries: it had {len(old_h)}, now {len(new_h)}; history is append-only")
+            yield Problem(("history",), f"history lost entries: it had {len(old_h)}, now {len(new_h)}; history is append-only")
             return
         if new_h[i] != entry:
-            yield Problem(("history", i), f"was rewritten ({_difference(entry, new_h[i])}); history is append-only")
+            yield Problem(("history", i), f"history[{i}] was rewritten ({_difference(entry, new_h[i])}); history is append-only")
             return
     if old.get("state") in m.terminal and new["state"] != old.get("state"):
         yield Problem(("state",), f"left the terminal state {old['state']} for {new['state']}")
@@ -145,16 +150,17 @@ def now() -> str:
 
 
 def new_document(kind: str, doc_id: str, actor: str, reason: str = "created", at: str | None = None,
-                 **fields: Any) -> dict[str, Any]:
-    """A new entity in its machine's initial state, with its first history entry."""
+                 fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A new entity in its machine's initial state, with its first history entry and `fields`."""
     m = load(kind)
     entry = {"from": None, "to": m.initial, "at": at or now(), "actor": actor, "reason": reason}
-    return {"schema_version": schemas.CURRENT_VERSION, "id": doc_id, "state": m.initial, **fields, "history": [entry]}
+    return {"schema_version": schemas.CURRENT_VERSION, "id": doc_id, "state": m.initial, **(fields or {}), "history": [entry]}
 
 
 def advance(doc: dict[str, Any], kind: str, to: str, actor: str, reason: str = "",
-            at: str | None = None, **fields: Any) -> dict[str, Any]:
-    """`doc` moved to state `to`: a new document, or LedgerError naming the refused step."""
+            at: str | None = None, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`doc` moved to state `to` (with `fields` updated): a new document, or LedgerError
+    naming the refused step."""
     m = load(kind)
     source = doc["state"]
     if source in m.terminal:
@@ -167,4 +173,4 @@ def advance(doc: dict[str, Any], kind: str, to: str, actor: str, reason: str = "
     if time_key(stamp) < time_key(last):
         stamp = last  # a clock that stepped back must not break the order
     entry = {"from": source, "to": to, "at": stamp, "actor": actor, "reason": reason}
-    return {**doc, **fields, "state": to, "history": [*doc["history"], entry]}
+    return {**doc, **(fields or {}), "state": to, "history": [*doc["history"], entry]}

@@ -37,13 +37,14 @@ def load(root: Path, relpath: str) -> dict[str, Any]:
 def start_run(root: Path, plan: dict[str, Any], plan_path: str, run_id: str, actor: str, at: str | None = None) -> RunStore:
     """Write a new run of `plan`: the run INITIALIZING, every workstream and task PENDING."""
     store = RunStore(root, run_id)
-    store.create("run", run_id, actor, at=at, plan=plan_path, progress=0.0)
+    store.create("run", run_id, actor, at=at, fields={"plan": plan_path, "progress": 0.0})
     defaults = plan.get("defaults", {})
     for ws in plan["workstreams"]:
-        store.create("workstream", ws["id"], actor, at=at, run=run_id, title=ws.get("title", ws["id"]),
-                     depends_on=ws.get("depends_on", []), progress=0.0)
+        store.create("workstream", ws["id"], actor, at=at, fields={
+            "run": run_id, "title": ws.get("title", ws["id"]), "depends_on": ws.get("depends_on", []), "progress": 0.0})
         for task in ws["tasks"]:
-            store.create("task", task["id"], actor, at=at, run=run_id, workstream=ws["id"],
-                         title=task.get("title", task["id"]), depends_on=task.get("depends_on", []), attempts=0,
-                         max_attempts=task.get("max_attempts", defaults.get("max_attempts", 3)))
+            store.create("task", task["id"], actor, at=at, fields={
+                "run": run_id, "workstream": ws["id"], "title": task.get("title", task["id"]),
+                "depends_on": task.get("depends_on", []), "attempts": 0,
+                "max_attempts": task.get("max_attempts", defaults.get("max_attempts", 3))})
     return store

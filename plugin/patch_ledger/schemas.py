@@ -42,11 +42,33 @@ def _by_uri(uri: str) -> dict[str, Any]:
     return load(name)
 
 
-@lru_cache(maxsize=None)
-def _fast(name: str) -> Callable[[Any], Any]:
+def digest() -> str:
+    """The digest of every schema file: what a generated validator was made from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for n in names():
+        h.update(n.encode() + b"\0" + (data_dir("schemas") / f"{n}.json").read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def compiled_source(name: str) -> str:
+    """Python source of a validator for schema `name` (see patch_ledger.validators)."""
     import fastjsonschema
 
-    return fastjsonschema.compile(load(name), handlers={"https": _by_uri}, use_default=False)
+    return fastjsonschema.compile_to_code(load(name), handlers={"https": _by_uri}, use_default=False)
+
+
+@lru_cache(maxsize=None)
+def _fast(name: str) -> Callable[[Any], Any]:
+    import importlib
+
+    try:
+        return importlib.import_module(f"patch_ledger.validators.{name}").validate  # type: ignore[no-any-return]
+    except ImportError:  # a schema without a generated validator yet: compile it now
+        import fastjsonschema
+
+        return fastjsonschema.compile(load(name), handlers={"https": _by_uri}, use_default=False)
 
 
 def is_valid(name: str, document: Any) -> bool:
@@ -61,13 +83,31 @@ def is_valid(name: str, document: Any) -> bool:
 
 @lru_cache(maxsize=None)
 def _reference(name: str) -> Any:
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, validators
     from referencing import Registry, Resource
 
     registry = Registry().with_resources(
         (load(n)["$id"], Resource.from_contents(load(n))) for n in names()
     )
-    return Draft202012Validator(load(name), registry=registry)
+    checker = validators.extend(Draft202012Validator, {"pattern": _pattern})
+    return checker(load(name), registry=registry)
+
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    """`pattern` as JSON Schema means it: an ECMA-262 `$` ends the string, where Python's
+    `$` would also match before a final newline (so "id\\n" would pass)."""
+    from jsonschema import ValidationError
+
+    if validator.is_type(instance, "string") and not _ecma(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@lru_cache(maxsize=None)
+def _ecma(pattern: str) -> Any:
+    import re
+
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
 
 
 def explain(name: str, document: Any) -> Iterator[SchemaError]:

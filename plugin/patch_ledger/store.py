@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from patch_ledger import machine, schemas
 from patch_ledger.layout import LAYOUT
@@ -30,16 +30,14 @@ class RunStore:
     def read(self, kind: str, doc_id: str) -> Doc:
         return json.loads((self.root / path_of(kind, self.run, doc_id)).read_text())
 
-    def create(self, kind: str, doc_id: str, actor: str, at: str | None = None, **fields: Any) -> Doc:
-        doc = machine.new_document(kind, doc_id, actor, at=at, **fields)
-        return self._save(kind, doc)
+    def create(self, kind: str, doc_id: str, actor: str, at: str | None = None, fields: Mapping[str, Any] | None = None) -> Doc:
+        return self._save(kind, machine.new_document(kind, doc_id, actor, at=at, fields=fields))
 
     def move(self, kind: str, doc_id: str, to: str, actor: str, reason: str = "", at: str | None = None,
-             **fields: Any) -> Doc:
-        doc = machine.advance(self.read(kind, doc_id), kind, to, actor, reason, at=at, **fields)
-        return self._save(kind, doc)
+             fields: Mapping[str, Any] | None = None) -> Doc:
+        return self._save(kind, machine.advance(self.read(kind, doc_id), kind, to, actor, reason, at=at, fields=fields))
 
-    def update(self, kind: str, doc_id: str, **fields: Any) -> Doc:
+    def update(self, kind: str, doc_id: str, fields: Mapping[str, Any]) -> Doc:
         """Change fields that are not the state (an aggregate such as progress)."""
         return self._write(kind, {**self.read(kind, doc_id), **fields})
 
