@@ -46,8 +46,9 @@ def commit_of(root: Path, rev: str) -> str | None:
 
 
 def read_blobs(root: Path, specs: Iterable[str], limit: int) -> dict[str, "bytes | int | None"]:
-    """Objects named `rev:path` (or `:path` for the index) from one `cat-file --batch`,
-    streamed: an object over `limit` bytes is skipped unread and reported by its size."""
+    """Objects by id (or `rev:path`) from one `cat-file --batch`, streamed: an object over
+    `limit` bytes is skipped unread and reported by its size. Ask by id where you can: git
+    finds each `rev:path` by walking the tree again."""
     specs = list(specs)
     if not specs:
         return {}
@@ -89,15 +90,25 @@ def _skip(stream: IO[bytes], count: int) -> None:
         count -= len(stream.read(min(count, 1 << 20)) or b"\0" * count)
 
 
-def paths_at(root: Path, rev: str, prefix: str) -> list[str]:
-    """The files under `prefix` in commit `rev`."""
-    out = run(root, "ls-tree", "-r", "-z", "--name-only", "--full-tree", rev, "--", prefix).stdout
-    return [p for p in out.decode(errors="surrogateescape").split("\0") if p]
+def blob_ids_at(root: Path, rev: str, prefix: str) -> dict[str, str]:
+    """path -> blob id of every file under `prefix` in commit `rev`: one `ls-tree` call."""
+    out = run(root, "ls-tree", "-r", "-z", "--full-tree", rev, "--", prefix).stdout
+    return _ids(out, "\t", 2)
 
 
-def index_paths(root: Path, prefix: str) -> list[str]:
-    out = run(root, "ls-files", "-z", "--cached", "--", prefix).stdout
-    return [p for p in out.decode(errors="surrogateescape").split("\0") if p]
+def index_blob_ids(root: Path, prefix: str) -> dict[str, str]:
+    """path -> blob id of every file under `prefix` in the index (stage 0 or the first)."""
+    out = run(root, "ls-files", "-z", "--stage", "--", prefix).stdout
+    return _ids(out, "\t", 1)
+
+
+def _ids(out: bytes, separator: str, field: int) -> dict[str, str]:
+    ids: dict[str, str] = {}
+    for record in out.decode(errors="surrogateescape").split("\0"):
+        if record:
+            meta, _, path = record.partition(separator)
+            ids.setdefault(path, meta.split()[field])
+    return ids
 
 
 def changed_paths(root: Path, base: str | None, prefix: str, staged: bool, deleted: bool = False) -> list[str]:

@@ -14,26 +14,35 @@ from patch_ledger.layout import ROOT, classify
 
 
 class Snapshot:
-    """The files of one version of the repository: read in bulk, then served from memory."""
+    """The files of one version of the repository (the working tree, the index, or a
+    commit): listed once, read in bulk, then served from memory."""
 
     def __init__(self, root: Path, rev: str | None, staged: bool = False) -> None:
         self.root, self.rev, self.staged = root, rev, staged
         self._cache: dict[str, bytes | int | None] = {}
+        self._ids: dict[str, str] | None = None
 
     @property
     def in_git(self) -> bool:
         return self.staged or self.rev is not None
 
+    def _blob_ids(self) -> dict[str, str]:
+        if self._ids is None:
+            if self.staged:
+                self._ids = git.index_blob_ids(self.root, ROOT)
+            else:
+                self._ids = git.blob_ids_at(self.root, self.rev, ROOT)  # type: ignore[arg-type]
+        return self._ids
+
     def prefetch(self, paths: Iterable[str]) -> None:
-        wanted = [p for p in paths if p not in self._cache]
+        wanted = [p for p in dict.fromkeys(paths) if p not in self._cache]
         if not self.in_git:
             for p in wanted:
                 self._cache[p] = _read_file(self.root / p)
             return
-        prefix = "" if self.staged else self.rev
-        safe = [p for p in wanted if "\n" not in p]
-        blobs = git.read_blobs(self.root, (f"{prefix}:{p}" for p in safe), MAX_BYTES)
-        self._cache.update((p, blobs[f"{prefix}:{p}"]) for p in safe)
+        ids = self._blob_ids()
+        blobs = git.read_blobs(self.root, {ids[p] for p in wanted if p in ids}, MAX_BYTES)
+        self._cache.update((p, blobs[ids[p]] if p in ids else None) for p in wanted)
 
     def read(self, path: str) -> bytes | int | None:
         if path not in self._cache:
@@ -42,10 +51,8 @@ class Snapshot:
 
     def files(self, prefix: str = ROOT) -> list[str]:
         """Every file under `prefix` in this version."""
-        if self.staged:
-            return git.index_paths(self.root, prefix)
-        if self.rev is not None:
-            return git.paths_at(self.root, self.rev, prefix)
+        if self.in_git:
+            return [p for p in self._blob_ids() if p.startswith(prefix.rstrip("/") + "/")]
         return _walk(self.root, prefix)
 
 

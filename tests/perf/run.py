@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "plugin")]  # tests.builders; patch_ledger even when not installed
 
 from patch_ledger import machine, schemas  # noqa: E402
 from tests.builders import stamp, walk  # noqa: E402
@@ -85,7 +85,7 @@ def changed_task(doc: dict[str, Any], i: int) -> dict[str, Any]:
     if to == "COMPLETED":
         extra.update(patch=hashlib.sha1(doc["id"].encode()).hexdigest(), result={"summary": "tests pass"})
     at = stamp((i * 7) % 1200 + len(doc["history"]))
-    return machine.advance(doc, "task", to, "worker", f"step {len(doc['history'])}", at=at, **extra)
+    return {**machine.advance(doc, "task", to, "worker", f"step {len(doc['history'])}", at=at), **extra}
 
 
 def share_done(tasks: list[dict[str, Any]]) -> float:
