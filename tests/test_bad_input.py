@@ -256,4 +256,4 @@ def test_migrating_a_committed_version_1_file_passes_against_head(repo: Path) ->
     write(repo, TASK, {**doc, "progress": 0.25})
     lower = json.loads(ledger(repo, "check", "--base", "HEAD~1", "--format", "json").stdout)
     assert lower["exit_code"] == 1
-    assert [f["message"] for f in lower["findings"]] == ["went down from 0.5 to 0.25; progress never goes down"]
+    assert [f["message"] for f in lower["findings"]] == ["progress went down from 0.5 to 0.25; progress never goes down"]

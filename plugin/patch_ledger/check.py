@@ -158,11 +158,11 @@ def _entity_problems(f: StateFile, data: Any) -> Iterator[Problem3]:
     if f.kind not in machine.MACHINE_KINDS:
         return
     if f.id is not None and data["id"] != f.id:
-        yield "run", ("id",), f"is {data['id']!r} but the file is named for {f.id!r}; rename one of them"
+        yield "run", ("id",), f"id is {data['id']!r} but the file is named for {f.id!r}; rename one of them"
     if f.kind == "run" and data["id"] != f.run:
-        yield "run", ("id",), f"is {data['id']!r} but the run's directory is {f.run!r}"
+        yield "run", ("id",), f"id is {data['id']!r} but the run's directory is {f.run!r}"
     if f.kind != "run" and "run" in data and data["run"] != f.run:
-        yield "run", ("run",), f"is {data['run']!r} but the file is in run {f.run!r}"
+        yield "run", ("run",), f"run is {data['run']!r} but the file is in run {f.run!r}"
     m = machine.load(f.kind)
     yield from (("state", p.path, p.message) for p in machine.history_problems(m, data))
     yield from (("state", p.path, p.message) for p in guards.document_problems(m, data))

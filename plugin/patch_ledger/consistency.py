@@ -53,11 +53,11 @@ def _references(run: str, docs: guards.RunDocs, known: dict[str, set[str]]) -> I
         for path, doc in docs.of(kind).values():
             for i, dep in enumerate(doc.get(field, ())):
                 if dep not in known.get(target, set()):
-                    yield path, (field, i), f"names {target} {dep!r}, which is not in run {run}"
+                    yield path, (field, i), f"{field}[{i}] names {target} {dep!r}, which is not in run {run}"
     for path, task in docs.of("task").values():
         ws = task.get("workstream")
         if ws is not None and ws not in known.get("workstream", set()):
-            yield path, ("workstream",), f"names workstream {ws!r}, which is not in run {run}"
+            yield path, ("workstream",), f"workstream names {ws!r}, which is not in run {run}"
 
 
 def _cycles(kind: str, docs: guards.RunDocs) -> Iterator[tuple[str, tuple[Any, ...], str]]:
@@ -93,7 +93,7 @@ def _events(path: str, events: list[dict[str, Any]], docs: guards.RunDocs, known
     previous = None
     for i, event in enumerate(events):
         if event["seq"] != i + 1:
-            yield path, (i, "seq"), f"is {event['seq']}, expected {i + 1}; seq counts 1, 2, 3 with no gap"
+            yield path, (i, "seq"), f"seq is {event['seq']}, expected {i + 1}; seq counts 1, 2, 3 with no gap"
         if previous is not None and machine.time_key(event["at"]) < machine.time_key(previous):
             yield path, (i, "at"), f"{event['at']} is earlier than the event before ({previous}); the log is in time order"
         previous = event["at"]
@@ -107,7 +107,7 @@ def _events(path: str, events: list[dict[str, Any]], docs: guards.RunDocs, known
             continue
         key = (event["entity"], event["id"], event["from"], event["to"], event["at"])
         if event["id"] not in known.get(event["entity"], set()):
-            yield path, (i, "id"), f"names {event['entity']} {event['id']!r}, which is not in this run"
+            yield path, (i, "id"), f"event {event['seq']} names {event['entity']} {event['id']!r}, which is not in this run"
         elif event["id"] in docs.of(event["entity"]):
             logged[key] += 1
             if logged[key] > expected[key]:

@@ -63,11 +63,11 @@ def task_attempts_within_max(m: Machine, task: Doc) -> Iterator[Problem]:
         if entry["to"] == "RUNNING":
             started += 1
         if entry["to"] == "RETRYING" and started >= task["max_attempts"]:
-            yield Problem(("history", i), f"retries after attempt {started} of max_attempts {task['max_attempts']}; it must fail")
+            yield Problem(("history", i), f"history[{i}] retries after attempt {started} of max_attempts {task['max_attempts']}; it must fail")
     if task["attempts"] != started:
-        yield Problem(("attempts",), f"is {task['attempts']} but the history enters RUNNING {started} time(s)")
+        yield Problem(("attempts",), f"attempts is {task['attempts']} but the history enters RUNNING {started} time(s)")
     if task["attempts"] > task["max_attempts"]:
-        yield Problem(("attempts",), f"{task['attempts']} exceeds max_attempts {task['max_attempts']}")
+        yield Problem(("attempts",), f"attempts {task['attempts']} exceeds max_attempts {task['max_attempts']}")
 
 
 @document_guard
@@ -77,9 +77,9 @@ def breaker_opens_at_threshold(m: Machine, breaker: Doc) -> Iterator[Problem]:
     failures, threshold = breaker["consecutive_failures"], breaker["failure_threshold"]
     last = breaker["history"][-1]
     if breaker["state"] == "OPEN" and last["from"] == "CLOSED" and failures < threshold:
-        yield Problem(("consecutive_failures",), f"{failures} is below failure_threshold {threshold}; the breaker opened too early")
+        yield Problem(("consecutive_failures",), f"consecutive_failures {failures} is below failure_threshold {threshold}; the breaker opened too early")
     if breaker["state"] == "CLOSED" and failures >= threshold:
-        yield Problem(("consecutive_failures",), f"{failures} reached failure_threshold {threshold}; the breaker must be OPEN")
+        yield Problem(("consecutive_failures",), f"consecutive_failures {failures} reached failure_threshold {threshold}; the breaker must be OPEN")
 
 
 @document_guard
@@ -87,14 +87,14 @@ def skip_needs_reason(m: Machine, doc: Doc) -> Iterator[Problem]:
     """Entering SKIPPED says why, so a required check never silently stays undecided."""
     for i, entry in enumerate(doc["history"]):
         if entry["to"] == "SKIPPED" and not entry["reason"].strip():
-            yield Problem(("history", i, "reason"), "is empty; a skip must say why")
+            yield Problem(("history", i, "reason"), f"history[{i}] enters SKIPPED with an empty reason; a skip must say why")
 
 
 @document_guard
 def busy_worker_has_task(m: Machine, worker: Doc) -> Iterator[Problem]:
     """A BUSY worker names the task it is running."""
     if worker["state"] == "BUSY" and not worker.get("task"):
-        yield Problem(("task",), "is missing; a BUSY worker names its task")
+        yield Problem(("task",), "task is missing; a BUSY worker names its task")
 
 
 def _share_done(tasks: list[Doc], terminal: frozenset[str]) -> float:
@@ -112,7 +112,7 @@ def _progress_problem(path: str, doc: Doc, tasks: list[Doc], what: str) -> Itera
         return
     derived = _share_done(tasks, load("task").terminal)
     if abs(doc["progress"] - derived) > 1e-6:
-        yield path, Problem(("progress",), f"is {doc['progress']:.4g} but {what} say {derived:.4g} (terminal tasks / all tasks)")
+        yield path, Problem(("progress",), f"progress is {doc['progress']:.4g} but {what} say {derived:.4g} (terminal tasks / all tasks)")
 
 
 @run_guard
@@ -131,7 +131,7 @@ def run_completed_needs_terminal_workstreams(m: Machine, docs: RunDocs) -> Itera
     for path, run in docs.of("run").values():
         open_ = sorted(i for i, (_, w) in docs.of("workstream").items() if w["state"] not in terminal)
         if run["state"] == "COMPLETED" and open_:
-            yield path, Problem(("state",), f"is COMPLETED but workstream(s) {', '.join(open_)} are not terminal")
+            yield path, Problem(("state",), f"state is COMPLETED but workstream(s) {', '.join(open_)} are not terminal")
 
 
 @run_guard
@@ -150,4 +150,4 @@ def workstream_completed_needs_terminal_tasks(m: Machine, docs: RunDocs) -> Iter
     for ws_id, (path, ws) in docs.of("workstream").items():
         open_ = sorted(t["id"] for t in _tasks_of(docs, ws_id) if t["state"] not in terminal)
         if ws["state"] == "COMPLETED" and open_:
-            yield path, Problem(("state",), f"is COMPLETED but task(s) {', '.join(open_)} are not terminal")
+            yield path, Problem(("state",), f"state is COMPLETED but task(s) {', '.join(open_)} are not terminal")

@@ -99,7 +99,7 @@ def history_problems(m: Machine, doc: dict[str, Any]) -> Iterator[Problem]:
         before, step = history[i - 1], history[i]
         yield from _step_problems(m, i, before, step)
     if doc["state"] != history[-1]["to"]:
-        yield Problem(("state",), f"is {doc['state']} but the last history entry enters {history[-1]['to']}")
+        yield Problem(("state",), f"state is {doc['state']} but the last history entry enters {history[-1]['to']}")
 
 
 def _step_problems(m: Machine, i: int, before: dict[str, Any], step: dict[str, Any]) -> Iterator[Problem]:
@@ -122,7 +122,7 @@ def _step_problems(m: Machine, i: int, before: dict[str, Any], step: dict[str, A
 def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Iterator[Problem]:
     """The invariants between the previous version `old` and `new` of one entity."""
     if old.get("id") != new.get("id"):
-        yield Problem(("id",), f"changed from {old.get('id')!r}; an entity keeps its id")
+        yield Problem(("id",), f"id changed from {old.get('id')!r} to {new.get('id')!r}; an entity keeps its id")
     old_h, new_h = old.get("history") or [], new["history"]
     for i, entry in enumerate(old_h):
         if i >= len(new_h):
@@ -132,10 +132,10 @@ def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Ite
             yield Problem(("history", i), f"history[{i}] was rewritten ({_difference(entry, new_h[i])}); history is append-only")
             return
     if old.get("state") in m.terminal and new["state"] != old.get("state"):
-        yield Problem(("state",), f"left the terminal state {old['state']} for {new['state']}")
+        yield Problem(("state",), f"state left the terminal state {old['state']} for {new['state']}")
     old_p, new_p = old.get("progress"), new.get("progress")
     if isinstance(old_p, (int, float)) and isinstance(new_p, (int, float)) and new_p < old_p:
-        yield Problem(("progress",), f"went down from {old_p} to {new_p}; progress never goes down")
+        yield Problem(("progress",), f"progress went down from {old_p} to {new_p}; progress never goes down")
 
 
 def _difference(old: Any, new: Any) -> str:
