@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +67,16 @@ def ledger(cwd: Path, *args: str, input: str | None = None) -> subprocess.Comple
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     return subprocess.run([sys.executable, "-m", "patch_ledger", *args], cwd=cwd, capture_output=True,
                           text=True, input=input, env=env)
+
+
+def shortest_paths(m: machine.Machine) -> dict[str, list[str]]:
+    """Every state reachable from the initial one -> the states entered after it, fewest first."""
+    paths: dict[str, list[str]] = {m.initial: []}
+    queue = deque([m.initial])
+    while queue:
+        source = queue.popleft()
+        for target in m.targets(source):
+            if target not in paths:
+                paths[target] = [*paths[source], target]
+                queue.append(target)
+    return paths

@@ -21,22 +21,10 @@ from hypothesis import strategies as st
 from patch_ledger import guards, machine, schemas
 from patch_ledger.errors import LedgerError
 from tests import builders
+from tests.builders import shortest_paths
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS = machine.MACHINE_KINDS
-
-
-def shortest_paths(m: machine.Machine) -> dict[str, list[str]]:
-    """Every state reachable from the initial one -> the states entered after it, fewest first."""
-    paths = {m.initial: []}
-    queue = deque([m.initial])
-    while queue:
-        source = queue.popleft()
-        for target in m.targets(source):
-            if target not in paths:
-                paths[target] = [*paths[source], target]
-                queue.append(target)
-    return paths
 
 
 def reachable(m: machine.Machine, start: str) -> set[str]:

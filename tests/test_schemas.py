@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import deque
 from typing import Any, Iterator
 
 import pytest
@@ -20,6 +19,7 @@ from jsonschema import Draft202012Validator
 
 from patch_ledger import machine, schemas
 from tests import builders
+from tests.builders import shortest_paths
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 ENTITIES = ("run", "workstream", "task", "worker", "patch", "gate", "breaker", "workflow", "event", "config", "plan")
@@ -150,17 +150,6 @@ def test_every_phase_has_a_role(kind: str) -> None:
 
 
 # --- the two validators agree -------------------------------------------------------------
-
-def shortest_paths(m: machine.Machine) -> dict[str, list[str]]:
-    paths, queue = {m.initial: []}, deque([m.initial])
-    while queue:
-        source = queue.popleft()
-        for target in m.targets(source):
-            if target not in paths:
-                paths[target] = [*paths[source], target]
-                queue.append(target)
-    return paths
-
 
 FIELDS: dict[str, dict[str, Any]] = {
     "run": {"progress": 0.25, "plan": "plans/build.yaml", "title": "Build", "labels": {"team": "core"}},
