@@ -111,7 +111,10 @@ def run_files(tasks: list[dict[str, Any]], n_ws: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- repositories
 
 def git_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    # Both tools run as installed tools do, from cached bytecode: a PYTHONDONTWRITEBYTECODE
+    # left in the shell would make the editable install recompile every module every run,
+    # while the peer, installed by pip, has its bytecode already.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "PYTHONDONTWRITEBYTECODE"}
     env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="Bench", GIT_AUTHOR_EMAIL="bench@example.com",
                GIT_COMMITTER_NAME="Bench", GIT_COMMITTER_EMAIL="bench@example.com")
     return env
