@@ -43,7 +43,7 @@ def walk(kind: str, doc_id: str, states: list[str], start: int = 0, **fields: An
     doc = machine.new_document(kind, doc_id, "tester", at=stamp(start), fields=fields)
     for i, state in enumerate(states, 1):
         extra = {"attempts": doc.get("attempts", 0) + 1} if kind == "task" and state == "RUNNING" else {}
-        doc = machine.advance(doc, kind, state, "tester", f"step {i}", at=stamp(start + i), fields=extra)
+        doc = machine.step(doc, kind, state, "tester", f"step {i}", at=stamp(start + i), fields=extra)
     return doc
 
 

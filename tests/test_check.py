@@ -63,7 +63,7 @@ class Run:
     def step(self, path: str, to: str, minute: int, logged: bool = True, **fields: Any) -> dict[str, Any]:
         """A legal transition of the entity at `path`, with its event unless `logged` is False."""
         kind, doc = self.docs[path]
-        doc = machine.advance(doc, kind, to, "tester", f"to {to}", at=stamp(minute), fields=fields)
+        doc = machine.step(doc, kind, to, "tester", f"to {to}", at=stamp(minute), fields=fields)
         self.docs[path] = (kind, doc)
         if logged:
             self.log(kind, doc["id"], doc["history"][-1])

@@ -3,8 +3,9 @@
 No state list or transition table is restated here: every case is generated from the
 `x-state-machine` blocks (through `machine.load`), so adding a state or a transition to a
 schema adds its tests. Histories are built two ways on purpose: as plain data (to test the
-checker, `history_problems`, independently of the writer) and with `machine.advance` (the
-writer, through tests/builders.py).
+checker, `history_problems`, independently of the writer) and with `machine.step` (the
+machine's own transitions, through tests/builders.py). `machine.advance` adds the guards:
+the last tests here show it refusing what a guard forbids.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def test_listed_transition_is_accepted(kind: str, source: str, target: str) -> N
 
     before = builders.walk(kind, "x1", path)
     snapshot = copy.deepcopy(before)
-    after = machine.advance(before, kind, target, "tester", "legal step", at=builders.stamp(len(path) + 1))
+    after = machine.step(before, kind, target, "tester", "legal step", at=builders.stamp(len(path) + 1))
     assert after["state"] == target
     assert after["history"][-1] == {"from": source, "to": target, "at": builders.stamp(len(path) + 1),
                                     "actor": "tester", "reason": "legal step"}
@@ -97,7 +98,7 @@ def test_unlisted_transition_is_refused(kind: str, source: str, target: str) -> 
 
     before = builders.walk(kind, "x1", path)
     with pytest.raises(LedgerError) as refused:
-        machine.advance(before, kind, target, "tester", "illegal step")
+        machine.step(before, kind, target, "tester", "illegal step")
     assert source in str(refused.value) and target in str(refused.value)
 
 
@@ -126,7 +127,7 @@ def test_new_document_starts_in_the_initial_state(kind: str) -> None:
 def test_advance_never_moves_time_back(kind: str) -> None:
     m = machine.load(kind)
     doc = machine.new_document(kind, "x1", "tester", at=builders.stamp(10))
-    after = machine.advance(doc, kind, m.targets(m.initial)[0], "tester", at=builders.stamp(5))
+    after = machine.step(doc, kind, m.targets(m.initial)[0], "tester", at=builders.stamp(5))
     assert after["history"][-1]["at"] == builders.stamp(10)
     assert problems(m, after) == []
 
@@ -339,7 +340,7 @@ def breaker(states: list[str], failures: int) -> dict[str, Any]:
 
 def skipped(kind: str, reason: str, doc_id: str = "s1", **fields: Any) -> dict[str, Any]:
     start = builders.walk(kind, doc_id, [], **fields)
-    return machine.advance(start, kind, "SKIPPED", "tester", reason, at=builders.stamp(1))
+    return machine.step(start, kind, "SKIPPED", "tester", reason, at=builders.stamp(1))
 
 
 def two_tasks_half_done(ws: str = "w1") -> list[tuple[str, dict[str, Any]]]:
@@ -470,3 +471,26 @@ def test_load_refuses_an_unknown_guard(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(schemas, "load", with_typo)
     with pytest.raises(LedgerError, match="no_such_guard"):
         machine.load.__wrapped__("task")  # uncached: the cached real machine stays as it is
+
+
+# --- advance: the writer's step, guards included --------------------------------------------
+
+
+def test_advance_refuses_a_retry_after_the_last_attempt() -> None:
+    doc = builders.task("t1", ["QUEUED", "RUNNING"], max_attempts=1)
+    with pytest.raises(LedgerError, match="retries after attempt 1 of max_attempts 1"):
+        machine.advance(doc, "task", "RETRYING", "tester")
+    assert machine.advance(doc, "task", "FAILED", "tester")["state"] == "FAILED"
+
+
+def test_advance_refuses_a_start_that_does_not_count_its_attempt() -> None:
+    doc = builders.task("t1", ["QUEUED"])
+    with pytest.raises(LedgerError, match="attempts is 0 but the history enters RUNNING 1 time"):
+        machine.advance(doc, "task", "RUNNING", "tester")
+    assert machine.advance(doc, "task", "RUNNING", "tester", fields={"attempts": 1})["attempts"] == 1
+
+
+def test_advance_refuses_a_busy_worker_without_a_task() -> None:
+    doc = builders.walk("worker", "w1", [], run="r1")
+    with pytest.raises(LedgerError, match="a BUSY worker names its task"):
+        machine.advance(doc, "worker", "BUSY", "tester")

@@ -69,11 +69,12 @@ def _base(root: Path, base: str | None) -> str | None:
     if base is None:
         return git.commit_of(root, "HEAD")  # None before the first commit: everything is new
     commit = git.commit_of(root, base)
+    head = git.commit_of(root, "HEAD")
     if commit is None:
-        has_commits = git.commit_of(root, "HEAD") is not None
-        why = "" if has_commits else " (the repository has no commits yet)"
+        why = "" if head else " (the repository has no commits yet)"
         raise LedgerError(f"--base {base}: not a commit in {root}{why}; pass a branch, tag or commit id")
-    return commit
+    # Compare with where this branch left `base`: a branch behind main changed only its own files.
+    return (git.merge_base(root, commit, head) if head else None) or commit
 
 
 def _classified(paths: Iterable[str]) -> list[StateFile]:
@@ -116,7 +117,7 @@ def _load_quietly(f: StateFile, now: Snapshot) -> Loaded:
     """A member of a run that was not asked for: used for cross-file checks if it is sound."""
     raw = now.read(f.path)
     try:
-        if raw is None or isinstance(raw, int):
+        if raw is None or isinstance(raw, documents.Unreadable):
             return Loaded(f, "", None, False)
         data = documents.parse(f.kind, raw, f.path, now.read)
         _require_current(f, data)
@@ -175,7 +176,9 @@ def _change_problems(f: StateFile, data: Any, text: str, old: Snapshot | None) -
     if f.kind == "event":
         if data[:len(before)] == before:
             return []
-        line = next((i for i, (a, b) in enumerate(zip(before, data)) if a != b), len(data))
+        line = next((i for i, (a, b) in enumerate(zip(before, data)) if a != b), None)
+        if line is None:
+            return [("change", (max(len(data) - 1, 0),), f"the event log lost entries: it had {len(before)} lines, now {len(data)}; it is append-only")]
         return [("change", (line,), f"the event log was rewritten from line {line + 1}; it is append-only")]
     if f.kind not in machine.MACHINE_KINDS:
         return []
@@ -185,7 +188,7 @@ def _change_problems(f: StateFile, data: Any, text: str, old: Snapshot | None) -
 def _previous(f: StateFile, old: Snapshot | None) -> Any:
     """The file at the base (migrated to the current version), or None when new or unreadable."""
     raw = old.read(f.path) if old else None
-    if raw is None or isinstance(raw, int):
+    if raw is None or isinstance(raw, documents.Unreadable):
         return None
     try:
         data = documents.parse(f.kind, raw, f.path, old.read)  # type: ignore[union-attr]
@@ -207,7 +210,7 @@ def _check_deleted(f: StateFile, old: Snapshot | None, deleted: list[StateFile])
     if not isinstance(before, dict) or f.kind not in machine.MACHINE_KINDS:
         return []
     state = before.get("state")
-    if state in machine.load(f.kind).terminal:
+    if isinstance(state, str) and state in machine.load(f.kind).terminal:
         return []
     return [Finding(f.path, 1, 1, "change", f"was deleted while {state}, not a terminal state; finish or cancel the {f.kind} first")]
 

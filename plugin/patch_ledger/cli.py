@@ -4,8 +4,9 @@ calls a function of patch_ledger.commands with plain values, and returns its exi
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import click
 
@@ -80,23 +81,24 @@ def demo(directory: str | None, fmt: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args and "_LEDGER_COMPLETE" not in os.environ:  # bare `ledger`: help, not an error
+        click.echo(cli.get_help(click.Context(cli, info_name="ledger")))
+        return 0
     try:
         return _exit_code(cli.main(args=args, prog_name="ledger", standalone_mode=False))
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.UsageError as e:
         where = e.ctx.command_path if e.ctx else "ledger"
-        click.echo(f"ledger: error: {e.format_message()} (see `{where} --help`)", err=True)
-        return BAD_INPUT
+        return _refuse(args, f"{e.format_message()} (see `{where} --help`)")
     except click.ClickException as e:
-        click.echo(f"ledger: error: {e.format_message()}", err=True)
-        return BAD_INPUT
+        return _refuse(args, e.format_message())
     except click.Abort:
-        click.echo("ledger: aborted", err=True)
-        return BAD_INPUT
+        return _refuse(args, "aborted")
     except LedgerError as e:
-        click.echo(f"ledger: error: {e}", err=True)
-        return e.exit_code
+        return _refuse(args, str(e), e.exit_code)
+    except OSError as e:  # the file system said no: name the file, as for any bad input
+        return _refuse(args, f"{e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}; check the path and its permissions")
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
@@ -107,7 +109,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         click.echo(f"ledger: internal error: {type(e).__name__}: {e} (run with --debug for the traceback, and report it)", err=True)
         return INTERNAL
 
+def _refuse(args: list[str], message: str, code: int = BAD_INPUT) -> int:
+    """One line on stderr; under --format json, also an object on stdout for scripts."""
+    click.echo(f"ledger: error: {message}", err=True)
+    if "json" in args and any(a == "--format" or a == "--format=json" for a in args):
+        import json
+
+        click.echo(json.dumps({"ok": False, "exit_code": code, "error": message}))
+    return code
+
+
 def _exit_code(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
-command_for: Callable[[str], Any] = cli.get_command.__get__(cli)  # for tests and docs

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 MAX_BYTES = 16 * 1024 * 1024  # no state file is near this; a larger one is a mistake
 MAX_YAML_NODES = 100_000  # config and plans are small; more is an alias bomb
 
-Reader = Callable[[str], "bytes | int | None"]  # repository-relative path -> content (see decode), None if absent
+class Unreadable(NamedTuple):
+    """A file that is there but must not be read as state: why, in a few words."""
+
+    reason: str
+
+
+Raw = "bytes | Unreadable | None"
+Reader = Callable[[str], Raw]  # repository-relative path -> content; None when absent
 
 
 class InputProblem(Exception):
@@ -22,22 +29,45 @@ class InputProblem(Exception):
         self.line, self.col = line, col
 
 
-def decode(raw: bytes | int) -> str:
-    """Text of a file's bytes; an int stands for an oversized file left unread, by its size."""
-    size = raw if isinstance(raw, int) else len(raw)
-    if isinstance(raw, int) or size > MAX_BYTES:
-        raise InputProblem(f"is {size} bytes, over the {MAX_BYTES}-byte limit of a state file; is it really state?")
+def too_large(size: int) -> Unreadable:
+    return Unreadable(f"is {size} bytes, over the {MAX_BYTES}-byte limit of a state file; is it really state?")
+
+
+def decode(raw: bytes | Unreadable) -> str:
+    if isinstance(raw, Unreadable):
+        raise InputProblem(raw.reason)
+    if len(raw) > MAX_BYTES:
+        raise InputProblem(too_large(len(raw)).reason)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputProblem(f"is not UTF-8 (byte {e.start}); state files are UTF-8 JSON or YAML") from None
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {twice!r} appears twice in one object")
+    return result
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_unique_keys)
+
+
 def parse_json(text: str) -> Any:
     try:
-        return json.loads(text)
+        return _loads(text)
     except json.JSONDecodeError as e:
         raise InputProblem(f"invalid JSON: {e.msg}", e.lineno, e.colno) from None
+    except ValueError as e:
+        raise InputProblem(f"invalid JSON: {e}") from None
     except RecursionError:
         raise InputProblem("invalid JSON: nested too deeply") from None
 
@@ -52,17 +82,29 @@ def parse_jsonl(text: str) -> list[Any]:
     out = []
     for number, line in enumerate(lines, 1):
         try:
-            value = json.loads(line)
+            value = _loads(line)
         except json.JSONDecodeError as e:
             raise InputProblem(f"invalid JSON: {e.msg}", number, e.colno) from None
+        except (ValueError, RecursionError) as e:
+            raise InputProblem(f"invalid JSON: {e if isinstance(e, ValueError) else 'nested too deeply'}", number, 1) from None
         if not isinstance(value, dict):
             raise InputProblem(f"is a JSON {type(value).__name__}, not an object", number, 1)
         out.append(value)
     return out
 
 
-def parse_yaml(text: str, path: str, read: Reader, seen: tuple[str, ...] = ()) -> Any:
-    """YAML with the C loader when present, refusing alias bombs and resolving `$ref` includes."""
+def parse_yaml(text: str, path: str, read: Reader) -> Any:
+    """YAML with the C loader when present, refusing alias bombs and resolving `$ref`
+    includes (each file parsed once; the whole, expanded, within MAX_YAML_NODES)."""
+    try:
+        data = _Includes(read).load(text, path, (path,))
+        _within_budget(data)
+    except RecursionError:
+        raise InputProblem("is nested too deeply to be a configuration") from None
+    return data
+
+
+def _parse_one(text: str) -> Any:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
@@ -70,14 +112,13 @@ def parse_yaml(text: str, path: str, read: Reader, seen: tuple[str, ...] = ()) -
         node = loader.get_single_node()
         if node is not None and "&" in text:
             _refuse_bombs(node)
-        data = loader.construct_document(node) if node is not None else None
+        return loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputProblem(f"invalid YAML: {problem}", mark and mark.line + 1, mark and mark.column + 1) from None
     finally:
         loader.dispose()
-    return _includes(data, path, read, (*seen, path), ())
 
 
 def _refuse_bombs(root: Any) -> None:
@@ -97,39 +138,69 @@ def _refuse_bombs(root: Any) -> None:
     size(root)
 
 
-def _includes(data: Any, path: str, read: Reader, seen: tuple[str, ...], where: tuple[Any, ...]) -> Any:
-    if isinstance(data, dict):
-        if set(data) == {"$ref"} and isinstance(data["$ref"], str):
-            return _include(data["$ref"], path, read, seen, where)
-        return {k: _includes(v, path, read, seen, (*where, k)) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_includes(v, path, read, seen, (*where, i)) for i, v in enumerate(data)]
-    return data
+def _within_budget(data: Any) -> None:
+    """Shared values (aliases, a file included many times) count each time they appear."""
+    sizes: dict[int, int] = {}
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list)):
+            return 1
+        key = id(value)
+        if key not in sizes:
+            sizes[key] = 0
+            children = value.values() if isinstance(value, dict) else value
+            sizes[key] = 1 + sum(size(c) for c in children)
+            if sizes[key] > MAX_YAML_NODES:
+                raise InputProblem(f"expands to over {MAX_YAML_NODES} values through aliases or $ref includes; write it out plainly")
+        return sizes[key]
+
+    size(data)
 
 
-def _include(ref: str, path: str, read: Reader, seen: tuple[str, ...], where: tuple[Any, ...]) -> Any:
-    def fail(message: str) -> InputProblem:
+class _Includes:
+    """`{$ref: file}` mappings replaced by that file's content, each file parsed once."""
+
+    def __init__(self, read: Reader) -> None:
+        self.read = read
+        self.parsed: dict[str, Any] = {}
+
+    def load(self, text: str, path: str, chain: tuple[str, ...]) -> Any:
+        return self._walk(_parse_one(text), path, chain, ())
+
+    def _walk(self, data: Any, path: str, chain: tuple[str, ...], where: tuple[Any, ...]) -> Any:
+        if isinstance(data, dict):
+            if set(data) == {"$ref"} and isinstance(data["$ref"], str):
+                return self._include(data["$ref"], path, chain, where)
+            return {k: self._walk(v, path, chain, (*where, k)) for k, v in data.items()}
+        if isinstance(data, list):
+            return [self._walk(v, path, chain, (*where, i)) for i, v in enumerate(data)]
+        return data
+
+    def _include(self, ref: str, path: str, chain: tuple[str, ...], where: tuple[Any, ...]) -> Any:
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(path), ref))
+        if ref.startswith("/") or not target.startswith(".ledger/"):
+            raise self._fail(path, where, f"$ref {ref!r} leaves .ledger/; includes must stay inside it")
+        if target in chain:
+            raise self._fail(path, where, f"$ref {ref!r} includes itself through {' -> '.join(chain)}")
+        if target not in self.parsed:
+            raw = self.read(target)
+            if raw is None:
+                raise self._fail(path, where, f"$ref {ref!r} not found ({target}); create it or remove the reference")
+            try:
+                self.parsed[target] = self.load(decode(raw), target, (*chain, target))
+            except InputProblem as e:
+                raise self._fail(path, where, f"$ref {ref!r}: {target}:{e.line or 1}:{e.col or 1}: {e}") from None
+        return self.parsed[target]
+
+    def _fail(self, path: str, where: tuple[Any, ...], message: str) -> InputProblem:
         from patch_ledger.positions import yaml_line_col
 
-        raw = read(path)
+        raw = self.read(path)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
         return InputProblem(message, *yaml_line_col(text, where))
 
-    target = posixpath.normpath(posixpath.join(posixpath.dirname(path), ref))
-    if ref.startswith("/") or not target.startswith(".ledger/"):
-        raise fail(f"$ref {ref!r} leaves .ledger/; includes must stay inside it")
-    if target in seen:
-        raise fail(f"$ref {ref!r} includes itself through {' -> '.join(seen)}")
-    raw = read(target)
-    if raw is None:
-        raise fail(f"$ref {ref!r} not found ({target}); create it or remove the reference")
-    try:
-        return parse_yaml(decode(raw), target, read, seen)
-    except InputProblem as e:
-        raise fail(f"$ref {ref!r}: {target}:{e.line or 1}:{e.col or 1}: {e}") from None
 
-
-def parse(kind: str, raw: bytes | int, path: str, read: Reader) -> Any:
+def parse(kind: str, raw: bytes | Unreadable, path: str, read: Reader) -> Any:
     """The data of a state file of `kind`; objects only (a list of them for an event log)."""
     text = decode(raw)
     if kind == "event":

@@ -31,6 +31,8 @@ def _machine_section(m: machine.Machine) -> list[str]:
     lines += [f"    {source} --> {target} : {name}" for (source, target), name in m.transitions.items()]
     lines += [f"    {state} --> [*]" for state in m.states if state in m.terminal]
     lines += ["```", ""]
+    if m.immutable:
+        lines += [f"Fixed once set: {', '.join(f'`{f}`' for f in m.immutable)}.", ""]
     if m.roles:
         lines += ["| phase | role |", "|---|---|", *(f"| {p} | {r} |" for p, r in m.roles.items()), ""]
     for name in m.guards:

@@ -45,6 +45,11 @@ def commit_of(root: Path, rev: str) -> str | None:
     return proc.stdout.decode().strip() or None
 
 
+def merge_base(root: Path, one: str, other: str) -> str | None:
+    proc = run(root, "merge-base", one, other, check=False)
+    return proc.stdout.decode().strip() or None
+
+
 def read_blobs(root: Path, specs: Iterable[str], limit: int) -> dict[str, "bytes | int | None"]:
     """Objects by id (or `rev:path`) from one `cat-file --batch`, streamed: an object over
     `limit` bytes is skipped unread and reported by its size. Ask by id where you can: git
@@ -90,24 +95,25 @@ def _skip(stream: IO[bytes], count: int) -> None:
         count -= len(stream.read(min(count, 1 << 20)) or b"\0" * count)
 
 
-def blob_ids_at(root: Path, rev: str, prefix: str) -> dict[str, str]:
-    """path -> blob id of every file under `prefix` in commit `rev`: one `ls-tree` call."""
+def blob_ids_at(root: Path, rev: str, prefix: str) -> dict[str, tuple[str, str]]:
+    """path -> (mode, object id) of every file under `prefix` in commit `rev`: one call."""
     out = run(root, "ls-tree", "-r", "-z", "--full-tree", rev, "--", prefix).stdout
-    return _ids(out, "\t", 2)
+    return _ids(out, mode=0, oid=2)
 
 
-def index_blob_ids(root: Path, prefix: str) -> dict[str, str]:
-    """path -> blob id of every file under `prefix` in the index (stage 0 or the first)."""
+def index_blob_ids(root: Path, prefix: str) -> dict[str, tuple[str, str]]:
+    """path -> (mode, object id) of every file under `prefix` in the index (the first stage)."""
     out = run(root, "ls-files", "-z", "--stage", "--", prefix).stdout
-    return _ids(out, "\t", 1)
+    return _ids(out, mode=0, oid=1)
 
 
-def _ids(out: bytes, separator: str, field: int) -> dict[str, str]:
-    ids: dict[str, str] = {}
+def _ids(out: bytes, mode: int, oid: int) -> dict[str, tuple[str, str]]:
+    ids: dict[str, tuple[str, str]] = {}
     for record in out.decode(errors="surrogateescape").split("\0"):
         if record:
-            meta, _, path = record.partition(separator)
-            ids.setdefault(path, meta.split()[field])
+            meta, _, path = record.partition("\t")
+            fields = meta.split()
+            ids.setdefault(path, (fields[mode], fields[oid]))
     return ids
 
 

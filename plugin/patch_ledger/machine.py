@@ -39,6 +39,7 @@ class Machine:
     transitions: dict[tuple[str, str], str]  # (from, to) -> transition name
     guards: tuple[str, ...]
     roles: dict[str, str]
+    immutable: tuple[str, ...]  # fields fixed once set
 
     def is_legal(self, source: str, target: str) -> bool:
         return (source, target) in self.transitions
@@ -62,8 +63,12 @@ def load(kind: str) -> Machine:
                 raise LedgerError(f"schemas/{kind}.json: {source}->{t['to']} is named twice; give each step one name")
             transitions[(source, t["to"])] = t["name"]
     machine = Machine(kind, block["name"], states, block["initial"], frozenset(block["terminal"]),
-                      transitions, tuple(block.get("guards", ())), dict(block.get("roles", {})))
+                      transitions, tuple(block.get("guards", ())), dict(block.get("roles", {})),
+                      tuple(block.get("immutable", ())))
     _check_sense(machine)
+    strangers = [f for f in machine.immutable if f not in schema["properties"]]
+    if strangers:
+        raise LedgerError(f"schemas/{kind}.json: immutable names {', '.join(strangers)}, not a field of {kind}")
     return machine
 
 
@@ -82,6 +87,14 @@ def _check_sense(m: Machine) -> None:
         raise LedgerError(f"schemas/{m.kind}.json: no guard named {', '.join(missing)} in patch_ledger.guards")
 
 
+def _real_time(stamp: str) -> bool:
+    try:
+        _dt.datetime.fromisoformat(stamp[:19])
+    except ValueError:
+        return False
+    return True
+
+
 def time_key(stamp: str) -> tuple[str, str]:
     """Orders RFC 3339 UTC stamps of the schema's form, whatever their fractional digits."""
     whole, _, fraction = stamp.rstrip("Z").partition(".")
@@ -92,6 +105,9 @@ def history_problems(m: Machine, doc: dict[str, Any]) -> Iterator[Problem]:
     """The invariants of one version: a legal walk from the initial state, in time order,
     ending in `state`. Assumes the document matched its schema."""
     history = doc["history"]
+    for i, entry in enumerate(history):
+        if not _real_time(entry["at"]):
+            yield Problem(("history", i, "at"), f"history[{i}] at {entry['at']} is not a real date and time")
     first = history[0]
     if first["from"] is not None or first["to"] != m.initial:
         yield Problem(("history", 0), f"history[0] must enter the initial state: from null to {m.initial}")
@@ -120,10 +136,12 @@ def _step_problems(m: Machine, i: int, before: dict[str, Any], step: dict[str, A
 
 
 def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Iterator[Problem]:
-    """The invariants between the previous version `old` and `new` of one entity."""
+    """The invariants between the previous version `old` and `new` (which matched its schema)
+    of one entity. `old` may be anything: a version committed past the hook."""
     if old.get("id") != new.get("id"):
         yield Problem(("id",), f"id changed from {old.get('id')!r} to {new.get('id')!r}; an entity keeps its id")
-    old_h, new_h = old.get("history") or [], new["history"]
+    old_h, new_h = old.get("history"), new["history"]
+    old_h = old_h if isinstance(old_h, list) else []
     for i, entry in enumerate(old_h):
         if i >= len(new_h):
             yield Problem(("history",), f"history lost entries: it had {len(old_h)}, now {len(new_h)}; history is append-only")
@@ -131,11 +149,18 @@ def change_problems(m: Machine, old: dict[str, Any], new: dict[str, Any]) -> Ite
         if new_h[i] != entry:
             yield Problem(("history", i), f"history[{i}] was rewritten ({_difference(entry, new_h[i])}); history is append-only")
             return
-    if old.get("state") in m.terminal and new["state"] != old.get("state"):
+    if isinstance(old.get("state"), str) and old["state"] in m.terminal and new["state"] != old["state"]:
         yield Problem(("state",), f"state left the terminal state {old['state']} for {new['state']}")
+    for field in m.immutable:
+        if field in old and old[field] != new.get(field):
+            yield Problem((field,), f"{field} changed from {old[field]!r} to {new.get(field)!r}; it is fixed once set")
     old_p, new_p = old.get("progress"), new.get("progress")
-    if isinstance(old_p, (int, float)) and isinstance(new_p, (int, float)) and new_p < old_p:
+    if _number(old_p) and _number(new_p) and new_p < old_p:
         yield Problem(("progress",), f"progress went down from {old_p} to {new_p}; progress never goes down")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _difference(old: Any, new: Any) -> str:
@@ -157,10 +182,10 @@ def new_document(kind: str, doc_id: str, actor: str, reason: str = "created", at
     return {"schema_version": schemas.CURRENT_VERSION, "id": doc_id, "state": m.initial, **(fields or {}), "history": [entry]}
 
 
-def advance(doc: dict[str, Any], kind: str, to: str, actor: str, reason: str = "",
-            at: str | None = None, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """`doc` moved to state `to` (with `fields` updated): a new document, or LedgerError
-    naming the refused step."""
+def step(doc: dict[str, Any], kind: str, to: str, actor: str, reason: str = "",
+         at: str | None = None, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`doc` moved to state `to` (with `fields` updated) as the machine allows, or LedgerError
+    naming the refused step. The machine's guards are `advance`'s business."""
     m = load(kind)
     source = doc["state"]
     if source in m.terminal:
@@ -174,3 +199,16 @@ def advance(doc: dict[str, Any], kind: str, to: str, actor: str, reason: str = "
         stamp = last  # a clock that stepped back must not break the order
     entry = {"from": source, "to": to, "at": stamp, "actor": actor, "reason": reason}
     return {**doc, **(fields or {}), "state": to, "history": [*doc["history"], entry]}
+
+
+def advance(doc: dict[str, Any], kind: str, to: str, actor: str, reason: str = "",
+            at: str | None = None, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`step`, and the machine's guards on the result: what every writer of state uses, so
+    it never writes what the checker would refuse."""
+    moved = step(doc, kind, to, actor, reason, at, fields)
+    from patch_ledger import guards  # guards builds on this module
+
+    refused = next(guards.document_problems(load(kind), moved), None)
+    if refused is not None:
+        raise LedgerError(f"{kind} {doc['id']}: {doc['state']} -> {to} refused: {refused.message}")
+    return moved

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -71,27 +72,53 @@ def migrate(cwd: Path | str, paths: Sequence[str] = (), dry_run: bool = False) -
     files = [classify(p) for p in wanted]
     pending: list[tuple[Path, str, Migrated]] = []
     for f in files:
-        if f is None or f.kind in ("config", "plan"):
+        if f is None:
             continue
         target = root / f.path
         try:
             raw = target.read_bytes()
-            data = documents.parse(f.kind, raw, f.path, lambda p: None)
+            text = documents.decode(raw)
+            data = _unparsed_includes(f.kind, text, f.path)
         except (OSError, documents.InputProblem) as e:
             raise LedgerError(f"{f.path}: {e}; fix it before migrating") from None
         records = data if f.kind == "event" else [data]
-        oldest = min((r.get("schema_version", schemas.CURRENT_VERSION) for r in records), default=schemas.CURRENT_VERSION)
+        versions = [r.get("schema_version", schemas.CURRENT_VERSION) for r in records]
+        unknown = [v for v in versions if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= schemas.CURRENT_VERSION]
+        if unknown:
+            raise LedgerError(f"{f.path}: unknown schema_version {unknown[0]!r}; this patch-ledger reads 1 to {schemas.CURRENT_VERSION}")
+        oldest = min(versions, default=schemas.CURRENT_VERSION)
         if oldest == schemas.CURRENT_VERSION:
             continue
         try:
-            upgraded = [upgrade(f.kind, r) for r in records]
+            new_text = _yaml_bumped(text) if f.kind in YAML_KINDS else _dump(f.kind, [upgrade(f.kind, r) for r in records])
         except LedgerError as e:
             raise LedgerError(f"{f.path}: {e}") from None
-        pending.append((target, _dump(f.kind, upgraded), Migrated(f.path, oldest)))
+        pending.append((target, new_text, Migrated(f.path, oldest)))
     if not dry_run:
         for target, text, _ in pending:
             _write(target, text)
     return [m for _, _, m in pending]
+
+
+YAML_KINDS = ("config", "plan")
+
+
+def _unparsed_includes(kind: str, text: str, path: str) -> Any:
+    """The document, with a YAML file's `$ref` includes left as they are: each is its own file."""
+    if kind in YAML_KINDS:
+        data = documents.parse_yaml(text, path, lambda p: b"{}")
+        if not isinstance(data, dict):
+            raise documents.InputProblem("is not a mapping")
+        return data
+    return documents.parse(kind, text.encode(), path, lambda p: None)
+
+
+def _yaml_bumped(text: str) -> str:
+    """Config and plans keep their comments: from version 1 to 2 only the version changes."""
+    bumped, count = re.subn(r"(?m)^schema_version:[ \t]*1[ \t]*(#.*)?$", f"schema_version: {schemas.CURRENT_VERSION}", text, count=1)
+    if count != 1:
+        raise LedgerError("schema_version is not a plain top-level `schema_version: 1` line; change it by hand")
+    return bumped
 
 
 def _all_files(root: Path) -> list[str]:

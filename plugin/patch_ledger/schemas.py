@@ -114,7 +114,13 @@ def explain(name: str, document: Any) -> Iterator[SchemaError]:
     """Every error of `document` against schema `name`, deepest location first within each."""
     errors = sorted(_reference(name).iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     for error in errors:
-        yield SchemaError(tuple(error.absolute_path), _message(error))
+        path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = error.schema.get("properties", {})
+            for key in (k for k in error.instance if k not in allowed):
+                yield SchemaError((*path, key), f"{key}: unknown field (see {ID_PREFIX.rsplit('/', 2)[-2]}/{name}.json for the fields)")
+            continue
+        yield SchemaError(path, _message(error))
 
 
 def validate(name: str, document: Any) -> list[SchemaError]:
@@ -126,8 +132,6 @@ def validate(name: str, document: Any) -> list[SchemaError]:
 
 def _message(error: Any) -> str:
     where = error.absolute_path[-1] if error.absolute_path else None
-    if error.validator == "additionalProperties":
-        return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "required":
         return error.message.replace("is a required property", "is required")
     prefix = f"{where}: " if isinstance(where, str) else ""

@@ -4,12 +4,13 @@ it stood at a base commit: each a batch of reads, never one git process per file
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from patch_ledger import git
 from patch_ledger.errors import LedgerError
-from patch_ledger.documents import MAX_BYTES
+from patch_ledger.documents import MAX_BYTES, Raw, Unreadable, too_large
 from patch_ledger.layout import ROOT, classify
 
 
@@ -19,14 +20,14 @@ class Snapshot:
 
     def __init__(self, root: Path, rev: str | None, staged: bool = False) -> None:
         self.root, self.rev, self.staged = root, rev, staged
-        self._cache: dict[str, bytes | int | None] = {}
-        self._ids: dict[str, str] | None = None
+        self._cache: dict[str, Raw] = {}
+        self._ids: dict[str, tuple[str, str]] | None = None  # path -> (mode, blob id)
 
     @property
     def in_git(self) -> bool:
         return self.staged or self.rev is not None
 
-    def _blob_ids(self) -> dict[str, str]:
+    def _blob_ids(self) -> dict[str, tuple[str, str]]:
         if self._ids is None:
             if self.staged:
                 self._ids = git.index_blob_ids(self.root, ROOT)
@@ -41,10 +42,16 @@ class Snapshot:
                 self._cache[p] = _read_file(self.root / p)
             return
         ids = self._blob_ids()
-        blobs = git.read_blobs(self.root, {ids[p] for p in wanted if p in ids}, MAX_BYTES)
-        self._cache.update((p, blobs[ids[p]] if p in ids else None) for p in wanted)
+        regular = {p: ids[p][1] for p in wanted if p in ids and ids[p][0] in _REGULAR}
+        blobs = git.read_blobs(self.root, set(regular.values()), MAX_BYTES)
+        for p in wanted:
+            if p in regular:
+                blob = blobs[regular[p]]
+                self._cache[p] = too_large(blob) if isinstance(blob, int) else blob
+            else:
+                self._cache[p] = Unreadable(_NOT_REGULAR) if p in ids else None
 
-    def read(self, path: str) -> bytes | int | None:
+    def read(self, path: str) -> Raw:
         if path not in self._cache:
             self.prefetch([path])
         return self._cache.get(path)
@@ -60,13 +67,23 @@ def worktree(root: Path) -> Snapshot:
     return Snapshot(root, None)
 
 
-def _read_file(path: Path) -> bytes | int | None:
+_REGULAR = ("100644", "100755")
+_NOT_REGULAR = "is not a regular file (a symlink, a device, a submodule?); state files are plain files"
+
+
+def _read_file(path: Path) -> Raw:
+    """A regular file's bytes, never more than the limit allows: a symlink or a device is
+    refused unread, whatever it points at."""
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            return size
-        return path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        info = path.lstat()
+        if not stat.S_ISREG(info.st_mode):
+            return Unreadable(_NOT_REGULAR)
+        if info.st_size > MAX_BYTES:
+            return too_large(info.st_size)
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        return too_large(len(data)) if len(data) > MAX_BYTES else data
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -83,7 +100,7 @@ def state_paths(root: Path, cwd: Path, paths: Sequence[str], now: Snapshot) -> I
     """Repository-relative state files named by `paths` (files or directories, relative to `cwd`)."""
     listed = None
     for given in paths:
-        absolute = os.path.normpath(os.path.join(os.path.realpath(cwd), given))
+        absolute = os.path.realpath(os.path.join(cwd, given))
         rel = os.path.relpath(absolute, root).replace(os.sep, "/")
         if rel == ".." or rel.startswith("../") or os.path.isabs(rel):
             raise LedgerError(f"{given}: outside the repository at {root}; ledger reads files inside it only")
