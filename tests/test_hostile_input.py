@@ -164,3 +164,14 @@ def test_a_rule_cannot_be_relaxed_to_get_past_its_guard(repo: Path) -> None:
     proc = ledger(repo, "check")
     assert proc.returncode == 1
     assert "max_attempts changed from 1 to 100; it is fixed once set" in proc.stdout
+
+
+def test_a_changed_include_rechecks_the_config_that_includes_it(repo: Path) -> None:
+    write(repo, CONFIG, "schema_version: 2\ngates:\n  $ref: gates.yaml\n")
+    write(repo, ".ledger/gates.yaml", "- name: tests\n  plugin: pytest\n")
+    commit(repo)
+    write(repo, ".ledger/gates.yaml", "- name: tests\n  plugin: 5\n")
+    git(repo, "add", "-A")
+    proc = ledger(repo, "check", "--staged")
+    assert proc.returncode == 1 and f"{CONFIG}:" in proc.stdout and "plugin: 5 is not of type 'string'" in proc.stdout
+    assert ledger(repo, "check", ".ledger/gates.yaml").returncode == 1

@@ -57,3 +57,26 @@ def test_init_refuses_to_overwrite_a_foreign_hook_without_force(repo: Path) -> N
     assert ledger(repo, "init", "--hooks", "--force").returncode == 0
     assert (repo / ".git/hooks/pre-commit.legacy").read_text() == "#!/bin/sh\nexit 0\n"
     assert "patch_ledger" in hook.read_text()
+
+
+def test_a_replaced_hook_still_runs_first(repo: Path) -> None:
+    hook = repo / ".git/hooks/pre-commit"
+    hook.write_text("#!/bin/sh\necho 'the team hook says no' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    assert ledger(repo, "init", "--hooks", "--force").returncode == 0
+    write(repo, TASK, task("a"))
+    refused = commit(repo, "first", verify=True)
+    assert refused.returncode != 0 and "the team hook says no" in refused.stderr
+    hook.with_name("pre-commit.legacy").write_text("#!/bin/sh\nexit 0\n")
+    assert commit(repo, "first", verify=True).returncode == 0
+    proc = ledger(repo, "init", "--hooks", "--force")  # ours again: nothing to replace, nothing lost
+    assert proc.returncode == 0
+
+
+def test_force_never_overwrites_a_kept_legacy_hook(repo: Path) -> None:
+    hooks = repo / ".git/hooks"
+    (hooks / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    (hooks / "pre-commit.legacy").write_text("#!/bin/sh\necho older\n")
+    proc = ledger(repo, "init", "--hooks", "--force")
+    assert proc.returncode == 2 and "pre-commit.legacy" in proc.stderr
+    assert (hooks / "pre-commit.legacy").read_text() == "#!/bin/sh\necho older\n"

@@ -24,7 +24,8 @@ def test_manifest_is_what_pre_commit_expects() -> None:
     assert hook["files"].startswith("^") and hook["files"].endswith("$")
     assert hook["require_serial"] is True
     assert set(hook["stages"]) <= {"pre-commit", "pre-merge-commit", "pre-push", "manual"}
-    assert hook["minimum_pre_commit_version"] >= "3.2.0"
+    assert tuple(map(int, hook["minimum_pre_commit_version"].split("."))) >= (3, 2, 0)  # modern stage names
+    assert hook["always_run"] is True and "--staged" in hook["entry"]
 
 
 @pytest.mark.slow
@@ -51,3 +52,12 @@ def test_try_repo_checks_a_user_repository(repo: Path, tmp_path: Path) -> None:
     refused = subprocess.run(pre_commit, cwd=repo, env=env, capture_output=True, text=True)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert f"{TASK}:" in refused.stdout and "attempts: 'two' is not of type 'integer'" in refused.stdout
+
+    # a commit that only deletes an unfinished task: the framework names no file, we still look
+    write(repo, TASK, task("a", ["QUEUED"]))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--no-verify", "-m", "a queued task")
+    git(repo, "rm", "-q", TASK)
+    deleted = subprocess.run(pre_commit, cwd=repo, env=env, capture_output=True, text=True)
+    assert deleted.returncode == 1, deleted.stdout + deleted.stderr
+    assert "was deleted while QUEUED" in deleted.stdout

@@ -10,7 +10,7 @@ from patch_ledger import consistency, documents, git, guards, machine, schemas
 from patch_ledger.documents import InputProblem
 from patch_ledger.errors import BAD_INPUT, CHECK_FAILED, OK, LedgerError
 from patch_ledger.findings import Finding, pointer
-from patch_ledger.layout import ROOT, StateFile, classify
+from patch_ledger.layout import ROOT, StateFile, classify, is_include
 from patch_ledger.migrate import upgrade
 from patch_ledger.positions import json_offset, line_col, yaml_line_col
 from patch_ledger.source import Snapshot, state_paths
@@ -92,7 +92,9 @@ def _targets(root: Path, cwd: Path, paths: Sequence[str], base: str | None,
         wanted = git.changed_paths(root, base, ROOT, staged=True)
     else:
         wanted = now.files(ROOT)
-    return _classified(wanted), deleted
+    if any(map(is_include, wanted)):  # an included file changed: recheck whatever may include it
+        wanted = [*wanted, *(p for p in now.files(ROOT) if (f := classify(p)) and f.kind in ("config", "plan"))]
+    return _classified(dict.fromkeys(wanted)), deleted
 
 
 def _check_file(f: StateFile, now: Snapshot, old: Snapshot | None, loaded: dict[str, Loaded]) -> list[Finding]:

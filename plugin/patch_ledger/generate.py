@@ -42,14 +42,18 @@ def _machine_section(m: machine.Machine) -> list[str]:
 
 
 def precommit_hooks_yaml() -> str:
+    # always_run: the framework passes no file for a commit that only deletes some, yet a
+    # deleted unfinished entity must be refused; with no file named, `--staged` checks
+    # what the commit changes under .ledger/ (one git call when that is nothing).
     kinds = ", ".join(kind for kind, _ in LAYOUT)
     return f"""# Generated from patch_ledger/layout.py by `python -m patch_ledger.generate`; do not edit by hand.
 - id: ledger-check
   name: ledger check
   description: "Check .ledger/ state files ({kinds}) against their schemas, state machines, previous version and run."
-  entry: ledger check
+  entry: ledger check --staged
   language: python
   files: '{files_regex()}'
+  always_run: true
   require_serial: true
   stages: [pre-commit, pre-merge-commit, manual]
   minimum_pre_commit_version: "3.2.0"

@@ -97,8 +97,12 @@ def busy_worker_has_task(m: Machine, worker: Doc) -> Iterator[Problem]:
         yield Problem(("task",), "task is missing; a BUSY worker names its task")
 
 
-def _share_done(tasks: list[Doc], terminal: frozenset[str]) -> float:
-    return sum(t["state"] in terminal for t in tasks) / len(tasks)
+def share_done(tasks: list[Doc]) -> float:
+    """The progress that tasks make: the share of them in a terminal state (0 with none)."""
+    from patch_ledger.machine import load
+
+    terminal = load("task").terminal
+    return sum(t["state"] in terminal for t in tasks) / len(tasks) if tasks else 0.0
 
 
 def _tasks_of(docs: RunDocs, workstream: str | None = None) -> list[Doc]:
@@ -106,11 +110,9 @@ def _tasks_of(docs: RunDocs, workstream: str | None = None) -> list[Doc]:
 
 
 def _progress_problem(path: str, doc: Doc, tasks: list[Doc], what: str) -> Iterator[tuple[str, Problem]]:
-    from patch_ledger.machine import load
-
     if not tasks:
         return
-    derived = _share_done(tasks, load("task").terminal)
+    derived = share_done(tasks)
     if abs(doc["progress"] - derived) > 1e-6:
         yield path, Problem(("progress",), f"progress is {doc['progress']:.4g} but {what} say {derived:.4g} (terminal tasks / all tasks)")
 

@@ -51,7 +51,13 @@ def classify(path: str) -> StateFile | None:
     return None
 
 
+def is_include(path: str) -> bool:
+    """A YAML file under .ledger/ that is no config or plan: something they may `$ref`."""
+    return path.startswith(ROOT + "/") and path.endswith((".yaml", ".yml")) and classify(path) is None
+
+
 def files_regex() -> str:
-    """One anchored regex matching every state file (the pre-commit manifest's `files`)."""
-    inner = "|".join(_regex(p, named=False).removeprefix(re.escape(ROOT + "/")) for _, p in LAYOUT)
-    return rf"^\.ledger/({inner})$"
+    """One anchored regex matching every state file and every YAML file under .ledger/
+    (an include of the config or a plan): the pre-commit manifest's `files`."""
+    inner = "|".join(_regex(p, named=False).removeprefix(re.escape(ROOT + "/")) for kind, p in LAYOUT if kind not in ("config", "plan"))
+    return rf"^\.ledger/(.+\.ya?ml|{inner})$"

@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Sequence
 from patch_ledger import git
 from patch_ledger.errors import LedgerError
 from patch_ledger.documents import MAX_BYTES, Raw, Unreadable, too_large
-from patch_ledger.layout import ROOT, classify
+from patch_ledger.layout import ROOT, classify, is_include
 
 
 class Snapshot:
@@ -104,7 +104,7 @@ def state_paths(root: Path, cwd: Path, paths: Sequence[str], now: Snapshot) -> I
         rel = os.path.relpath(absolute, root).replace(os.sep, "/")
         if rel == ".." or rel.startswith("../") or os.path.isabs(rel):
             raise LedgerError(f"{given}: outside the repository at {root}; ledger reads files inside it only")
-        if classify(rel):
+        if classify(rel) or is_include(rel):
             yield rel
             continue
         listed = listed if listed is not None else now.files(ROOT)

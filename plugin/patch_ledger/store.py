@@ -41,6 +41,16 @@ class RunStore:
         """Change fields that are not the state (an aggregate such as progress)."""
         return self._write(kind, {**self.read(kind, doc_id), **fields})
 
+    def refresh_progress(self) -> None:
+        """Set the progress of every workstream and of the run from their tasks (the run guards' rule)."""
+        from patch_ledger.guards import share_done
+
+        tasks_dir = self.root / path_of("task", self.run, "x")
+        tasks = [json.loads(p.read_text()) for p in sorted(tasks_dir.parent.glob("*.json"))]
+        for ws in sorted({t["workstream"] for t in tasks if "workstream" in t}):
+            self.update("workstream", ws, {"progress": share_done([t for t in tasks if t.get("workstream") == ws])})
+        self.update("run", self.run, {"progress": share_done(tasks)})
+
     def _save(self, kind: str, doc: Doc) -> Doc:
         step = doc["history"][-1]
         self._write(kind, doc)

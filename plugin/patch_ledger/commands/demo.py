@@ -93,16 +93,7 @@ def _finish(store: RunStore, task: str, minute: str) -> None:
     store.move("task", task, "RUNNING", "worker-1", "attempt 1", at=f"{minute}:10Z", fields={"attempts": 1, "worker": "worker-1"})
     store.move("task", task, "VALIDATING", "worker-1", "gating its patch", at=f"{minute}:40Z")
     store.move("task", task, "COMPLETED", "worker-1", "gates passed", at=f"{minute}:50Z", fields={"progress": 1.0})
-    _aggregate(store)
-
-
-def _aggregate(store: RunStore) -> None:
-    """Progress of the workstreams and the run from their tasks, as the run guards require."""
-    tasks = [json.loads(p.read_text()) for p in sorted((store.root / path_of("task", RUN, "x")).parent.glob("*.json"))]
-    done = lambda ts: sum(t["state"] in ("COMPLETED", "FAILED", "CANCELLED") for t in ts) / len(ts)  # noqa: E731
-    for ws in {t["workstream"] for t in tasks}:
-        store.update("workstream", ws, {"progress": done([t for t in tasks if t["workstream"] == ws])})
-    store.update("run", RUN, {"progress": done(tasks)})
+    store.refresh_progress()
 
 
 def _complete_tests(root: Path, store: RunStore) -> None:

@@ -38,8 +38,12 @@ def _hook_plan(root: Path, force: bool) -> list[tuple[Path, Path]]:
     plan = []
     for source in sorted(data_dir("hooks").iterdir()):
         target = hooks_dir / source.name
-        if target.exists() and target.read_text(errors="replace") != _render(source) and not force:
-            raise LedgerError(f"{target}: a different hook is installed; pass --force to replace it (it is kept as {target.name}.legacy)")
+        legacy = target.with_name(target.name + ".legacy")
+        if target.exists() and target.read_text(errors="replace") != _render(source):
+            if not force:
+                raise LedgerError(f"{target}: a different hook is installed; --force keeps it as {legacy.name} and runs it first")
+            if legacy.exists():
+                raise LedgerError(f"{legacy}: exists already; merge it with {target.name} by hand, then run ledger init --hooks again")
         plan.append((source, target))
     return plan
 
@@ -49,7 +53,8 @@ def _render(source: Path) -> str:
 
 
 def install_hook(source: Path, target: Path) -> str:
-    """Install one hook script, with this interpreter written in so the hook finds us."""
+    """Install one hook script, with this interpreter written in so the hook finds us; a
+    different hook already there is kept as <hook>.legacy, which ours runs first."""
     target.parent.mkdir(parents=True, exist_ok=True)
     text = _render(source)
     if target.exists() and target.read_text(errors="replace") != text:
