@@ -54,11 +54,11 @@ def test_generate_check_fails_when_a_file_is_stale(tmp_path: Path) -> None:
     assert generate_in().returncode == 0
     assert generate_in("--check").returncode == 0
     (tmp_path / "docs/state-machines.md").write_text("old\n")
-    task_validator = tmp_path / generate.VALIDATORS.format("task")
-    task_validator.write_text("# schemas/ digest: 0000\n" + task_validator.read_text().split("\n", 1)[1])
+    validators = tmp_path / generate.VALIDATORS
+    validators.write_text("# schemas/ digest: 0000\n" + validators.read_text().split("\n", 1)[1])
     stale = generate_in("--check")
     assert stale.returncode == 1
-    assert "docs/state-machines.md: stale" in stale.stderr and "validators/task.py: stale" in stale.stderr
+    assert "docs/state-machines.md: stale" in stale.stderr and "validators.py: stale" in stale.stderr
 
 
 def test_generated_validators_agree_with_a_fresh_compile() -> None:

@@ -61,14 +61,13 @@ def compiled_source(name: str) -> str:
 
 @lru_cache(maxsize=None)
 def _fast(name: str) -> Callable[[Any], Any]:
-    import importlib
+    from patch_ledger.validators import VALIDATORS
 
-    try:
-        return importlib.import_module(f"patch_ledger.validators.{name}").validate  # type: ignore[no-any-return]
-    except ImportError:  # a schema without a generated validator yet: compile it now
-        import fastjsonschema
+    if name in VALIDATORS:
+        return VALIDATORS[name]  # type: ignore[no-any-return]
+    import fastjsonschema  # a schema without a generated validator yet: compile it now
 
-        return fastjsonschema.compile(load(name), handlers={"https": _by_uri}, use_default=False)
+    return fastjsonschema.compile(load(name), handlers={"https": _by_uri}, use_default=False)
 
 
 def is_valid(name: str, document: Any) -> bool:

@@ -81,7 +81,9 @@ def _read_file(path: Path) -> Raw:
         if info.st_size > MAX_BYTES:
             return too_large(info.st_size)
         with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+            data = f.read(info.st_size + 1)  # sized reads: a 16 MiB buffer a file would cost more
+            if len(data) > info.st_size:  # it grew since lstat
+                data += f.read(MAX_BYTES + 1 - len(data))
         return too_large(len(data)) if len(data) > MAX_BYTES else data
     except (FileNotFoundError, NotADirectoryError):
         return None

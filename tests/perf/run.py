@@ -85,7 +85,7 @@ def changed_task(doc: dict[str, Any], i: int) -> dict[str, Any]:
     if to == "COMPLETED":
         extra.update(patch=hashlib.sha1(doc["id"].encode()).hexdigest(), result={"summary": "tests pass"})
     at = stamp((i * 7) % 1200 + len(doc["history"]))
-    return {**machine.advance(doc, "task", to, "worker", f"step {len(doc['history'])}", at=at), **extra}
+    return {**machine.step(doc, "task", to, "worker", f"step {len(doc['history'])}", at=at), **extra}
 
 
 def share_done(tasks: list[dict[str, Any]]) -> float:
