@@ -103,7 +103,7 @@ def _check_file(f: StateFile, now: Snapshot, old: Snapshot | None, loaded: dict[
         return [Finding(f.path, 1, 1, "input", "does not exist; pass a file that is there, or commit its deletion")]
     try:
         text = documents.decode(raw)
-        data = documents.parse(f.kind, raw, f.path, now.read)
+        data = documents.parse_text(f.kind, text, f.path, now.read)
         _require_current(f, data)
     except InputProblem as e:
         return [Finding(f.path, e.line or 1, e.col or 1, "input", str(e))]
@@ -121,12 +121,13 @@ def _load_quietly(f: StateFile, now: Snapshot) -> Loaded:
     try:
         if raw is None or isinstance(raw, documents.Unreadable):
             return Loaded(f, "", None, False)
-        data = documents.parse(f.kind, raw, f.path, now.read)
+        text = documents.decode(raw)
+        data = documents.parse_text(f.kind, text, f.path, now.read)
         _require_current(f, data)
     except InputProblem:
         return Loaded(f, "", None, False)
     valid = all(schemas.is_valid(f.kind, d) for d in _records(f, data))
-    return Loaded(f, raw.decode("utf-8"), data, valid)
+    return Loaded(f, text, data, valid)
 
 
 def _records(f: StateFile, data: Any) -> list[Any]:
@@ -205,16 +206,20 @@ def _check_deleted(f: StateFile, old: Snapshot | None, deleted: list[StateFile])
     if f.kind == "event":
         run_file = next((d for d in deleted if d.kind == "run" and d.run == f.run), None)
         run_doc = _previous(run_file, old) if run_file else None
-        if isinstance(run_doc, dict) and run_doc.get("state") in machine.load("run").terminal:
+        if isinstance(run_doc, dict) and _terminal("run", run_doc.get("state")):
             return []
         return [Finding(f.path, 1, 1, "change", "the event log was deleted; it is append-only (it may go only with its finished run)")]
     before = _previous(f, old)
     if not isinstance(before, dict) or f.kind not in machine.MACHINE_KINDS:
         return []
     state = before.get("state")
-    if isinstance(state, str) and state in machine.load(f.kind).terminal:
+    if _terminal(f.kind, state):
         return []
     return [Finding(f.path, 1, 1, "change", f"was deleted while {state}, not a terminal state; finish or cancel the {f.kind} first")]
+
+
+def _terminal(kind: str, state: Any) -> bool:
+    return isinstance(state, str) and state in machine.load(kind).terminal
 
 
 def _locate(f: StateFile, text: str, parts: Sequence[Any]) -> tuple[int, int]:

@@ -201,8 +201,12 @@ class _Includes:
 
 
 def parse(kind: str, raw: bytes | Unreadable, path: str, read: Reader) -> Any:
+    """The data of a state file of `kind` from its bytes (see parse_text)."""
+    return parse_text(kind, decode(raw), path, read)
+
+
+def parse_text(kind: str, text: str, path: str, read: Reader) -> Any:
     """The data of a state file of `kind`; objects only (a list of them for an event log)."""
-    text = decode(raw)
     if kind == "event":
         return parse_jsonl(text)
     data = parse_yaml(text, path, read) if kind in ("config", "plan") else parse_json(text)

@@ -110,7 +110,7 @@ def _unparsed_includes(kind: str, text: str, path: str) -> Any:
         if not isinstance(data, dict):
             raise documents.InputProblem("is not a mapping")
         return data
-    return documents.parse(kind, text.encode(), path, lambda p: None)
+    return documents.parse_text(kind, text, path, lambda p: None)
 
 
 def _yaml_bumped(text: str) -> str:
