@@ -79,6 +79,126 @@ def demo(directory: str | None, fmt: str) -> int:
 
     return command.run(directory, fmt)
 
+@cli.group()
+def patch() -> None:
+    """Record patches in the ledger (refs/ledger/patches/) and move them through their life."""
+
+
+ACTOR = click.option("--actor", help="Who acts (default: git's user.name).")
+
+
+@patch.command("add")
+@click.argument("source", required=False, metavar="[FILE|-]")
+@click.option("--base", metavar="REV", help="The commit the diff applies to (default: HEAD).")
+@click.option("--task", help="The task the patch belongs to.")
+@click.option("--message", help="What the patch does, in a line.")
+@ACTOR
+@FORMAT
+def patch_add(source: str | None, base: str | None, task: str | None, message: str | None, actor: str | None, fmt: str) -> int:
+    """Record a diff as PENDING (a file, - for standard input, or the working tree's changes)
+    and print its id."""
+    from patch_ledger.commands import patch as command
+
+    return command.add(".", source, base, task, actor, message, fmt)
+
+
+@patch.command("record")
+@click.argument("revrange")
+@ACTOR
+@FORMAT
+def patch_record(revrange: str, actor: str | None, fmt: str) -> int:
+    """Record every non-merge commit of REVRANGE (e.g. main..HEAD); again is a no-op. A
+    recorded revert of an applied patch rolls that patch back."""
+    from patch_ledger.commands import patch as command
+
+    return command.record(".", revrange, actor, fmt)
+
+
+@patch.command("list")
+@click.option("--state", "states", multiple=True, metavar="STATE", help="Only patches in this state (repeatable).")
+@FORMAT
+def patch_list(states: tuple[str, ...], fmt: str) -> int:
+    """List the patches of the ledger."""
+    from patch_ledger.commands import patch as command
+
+    return command.listing(".", states, fmt)
+
+
+@patch.command("show")
+@click.argument("patch_id", metavar="ID")
+@FORMAT
+def patch_show(patch_id: str, fmt: str) -> int:
+    """Show a patch and its history (a unique id prefix is enough)."""
+    from patch_ledger.commands import patch as command
+
+    return command.show(".", patch_id, fmt)
+
+
+def _lifecycle_command(name: str, doc: str, needs_reason: bool = False) -> None:
+    @patch.command(name, help=doc)
+    @click.argument("patch_id", metavar="ID")
+    @click.option("--reason", required=needs_reason, default="", help="Why (recorded in the ledger).")
+    @ACTOR
+    @FORMAT
+    def step(patch_id: str, reason: str, actor: str | None, fmt: str) -> int:
+        from patch_ledger import lifecycle
+        from patch_ledger.commands import patch as command
+
+        act = getattr(lifecycle, name)
+        return command.move(".", lambda root, *a: act(root, patch_id, command.actor_of(root, actor), reason), fmt)
+
+
+_lifecycle_command("quarantine", "APPLIED or VERIFIED -> QUARANTINED, with the reason.", needs_reason=True)
+_lifecycle_command("release", "QUARANTINED -> APPLIED: to be verified again.")
+
+
+@patch.command("verify")
+@click.argument("patch_id", metavar="ID")
+@ACTOR
+@FORMAT
+def patch_verify(patch_id: str, actor: str | None, fmt: str) -> int:
+    """APPLIED -> VERIFIED when every required gate passed, otherwise QUARANTINED."""
+    from patch_ledger import lifecycle
+    from patch_ledger.commands import patch as command
+
+    return command.move(".", lambda root: lifecycle.verify(root, patch_id, command.actor_of(root, actor)), fmt)
+
+
+@patch.command("supersede")
+@click.argument("old", metavar="OLD")
+@click.option("--by", "new", required=True, metavar="NEW", help="The patch that replaces OLD.")
+@click.option("--reason", default="", help="Why (recorded in the ledger).")
+@ACTOR
+@FORMAT
+def patch_supersede(old: str, new: str, reason: str, actor: str | None, fmt: str) -> int:
+    """OLD -> SUPERSEDED by NEW."""
+    from patch_ledger import lifecycle
+    from patch_ledger.commands import patch as command
+
+    return command.move(".", lambda root: lifecycle.supersede(root, old, new, command.actor_of(root, actor), reason), fmt)
+
+
+@patch.command("expire")
+@click.option("--older-than", required=True, metavar="DURATION", help="e.g. 30m, 12h, 7d, 2w.")
+@ACTOR
+@FORMAT
+def patch_expire(older_than: str, actor: str | None, fmt: str) -> int:
+    """EXPIRED for every PENDING or VALIDATED patch that has not moved for DURATION."""
+    from patch_ledger.commands import patch as command
+
+    return command.expire(".", older_than, actor, fmt)
+
+
+@cli.command()
+@click.argument("patch_id", required=False, metavar="[ID]")
+@FORMAT
+def log(patch_id: str | None, fmt: str) -> int:
+    """The full transition history of one patch, or of the whole ledger, with actors, times and reasons."""
+    from patch_ledger.commands import patch as command
+
+    return command.log(".", patch_id, fmt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args and "_LEDGER_COMPLETE" not in os.environ:  # bare `ledger`: help, not an error

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Sequence
 
 from patch_ledger.errors import LedgerError
 
@@ -43,6 +44,28 @@ def commit_of(root: Path, rev: str) -> str | None:
     """The commit `rev` names, or None when it names none (e.g. HEAD before the first commit)."""
     proc = run(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}", check=False)
     return proc.stdout.decode().strip() or None
+
+
+def hash_objects(root: Path, kind: str, payloads: Sequence[bytes]) -> list[str]:
+    """Write objects of `kind` into the repository; their ids, in order. Many at once cost one
+    process (through files in a temporary directory), not one a payload."""
+    if len(payloads) == 1:
+        return [run(root, "hash-object", "-t", kind, "-w", "--stdin", input=payloads[0]).stdout.decode().strip()]
+    with tempfile.TemporaryDirectory(prefix="ledger-objects-") as scratch:
+        names = []
+        for i, payload in enumerate(payloads):
+            name = os.path.join(scratch, str(i))
+            with open(name, "wb") as f:
+                f.write(payload)
+            names.append(name)
+        out = run(root, "hash-object", "-t", kind, "-w", "--no-filters", "--stdin-paths", input="\n".join(names).encode() + b"\n")
+    return out.stdout.decode().split()
+
+
+def make_trees(root: Path, listings: Sequence[str]) -> list[str]:
+    """Trees from `git mktree` listings, all in one `--batch` process."""
+    out = run(root, "mktree", "--batch", input="\n".join(listings).encode() + b"\n").stdout.decode().split()
+    return out
 
 
 def merge_base(root: Path, one: str, other: str) -> str | None:

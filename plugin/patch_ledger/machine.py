@@ -12,6 +12,7 @@ and between two versions of it (`change_problems`), and makes transitions in-pro
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterator, Mapping, NamedTuple
@@ -85,6 +86,23 @@ def _check_sense(m: Machine) -> None:
     missing = guards.unknown(m)
     if missing:
         raise LedgerError(f"schemas/{m.kind}.json: no guard named {', '.join(missing)} in patch_ledger.guards")
+
+
+@lru_cache(maxsize=None)
+def _stamp_form() -> re.Pattern[str]:
+    pattern = schemas.load("common")["$defs"]["timestamp"]["pattern"]
+    return re.compile(pattern.removesuffix("$") + r"\Z")
+
+
+def is_timestamp(stamp: str) -> bool:
+    """RFC 3339 UTC of the schemas' form (common.json), and a real date and time."""
+    return bool(_stamp_form().match(stamp)) and _real_time(stamp)
+
+
+def epoch(stamp: str) -> int:
+    """Whole seconds since 1970 of a stamp of the schemas' form."""
+    moment = _dt.datetime.fromisoformat(stamp[:19]).replace(tzinfo=_dt.timezone.utc)
+    return int(moment.timestamp())
 
 
 def _real_time(stamp: str) -> bool:

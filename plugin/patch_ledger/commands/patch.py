@@ -1,0 +1,99 @@
+"""`ledger patch ...` and `ledger log`: each takes plain values, reports, returns an exit code."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from patch_ledger import git, ledger, lifecycle, patches
+from patch_ledger.errors import OK
+from patch_ledger.report import emit
+
+
+def actor_of(root: Path, given: str | None) -> str:
+    """Who acts: --actor, else git's user.name, else the login name."""
+    if given and given.strip():
+        return given.strip()
+    name = git.run(root, "config", "user.name", check=False).stdout.decode().strip()
+    return name or os.environ.get("LEDGER_ACTOR") or getpass.getuser() or "unknown"
+
+
+def _line(p: ledger.Patch) -> str:
+    return f"{p.id[:12]}  {p.state:<11} seq {p.seq:<3} {p.at[:19]}  {p.actor}  {p.message or ''}".rstrip()
+
+
+def add(cwd: str, source: str | None, base: str | None, task: str | None, actor: str | None, message: str | None, fmt: str) -> int:
+    root = git.toplevel(cwd)
+    patch, created = patches.add(root, source, base, task, actor_of(root, actor), message)
+    emit(fmt, {**patches.report(patch), "created": created}, lambda _: patch.id)
+    return OK
+
+
+def record(cwd: str, revrange: str, actor: str | None, fmt: str) -> int:
+    root = git.toplevel(cwd)
+    recorded, rolled = patches.record_range(root, revrange, actor)
+    def text(_: Any) -> str:
+        lines = [f"{r.patch.id[:12]}  {r.patch.state:<11} {r.commit[:12]}  {'recorded' if r.created else 'already in the ledger'}  {r.patch.message or ''}".rstrip() for r in recorded]
+        lines += [f"{p.id[:12]}  ROLLED_BACK  {p.reason}" for p in rolled]
+        return "\n".join(lines or [f"{revrange}: no commit to record"])
+    emit(fmt, {"recorded": [{**patches.report(r.patch), "commit": r.commit, "created": r.created} for r in recorded],
+               "rolled_back": [patches.report(p) for p in rolled]}, text)
+    return OK
+
+
+def listing(cwd: str, states: Sequence[str], fmt: str) -> int:
+    root = git.toplevel(cwd)
+    wanted = {s.upper() for s in states}
+    found = sorted((p for p in ledger.read_sound(root).values() if not wanted or p.state in wanted), key=lambda p: (p.at, p.id))
+    emit(fmt, {"patches": [patches.report(p) for p in found]}, lambda _: "\n".join(map(_line, found)) or "no patch")
+    return OK
+
+
+def show(cwd: str, given: str, fmt: str) -> int:
+    root = git.toplevel(cwd)
+    patch = ledger.resolve(ledger.read_sound(root), given)
+    steps = ledger.history(root, patch)
+    def text(_: Any) -> str:
+        head = [f"patch {patch.id}", f"state    {patch.state} (seq {patch.seq})", f"base     {patch.base or '-'}",
+                f"task     {patch.task or '-'}", f"message  {patch.message or '-'}",
+                f"gates    {', '.join(f'{k}={v}' for k, v in sorted(patch.gates.items())) or '-'}"]
+        if patch.superseded_by:
+            head.append(f"superseded by {patch.superseded_by}")
+        return "\n".join(head + ["", *map(_step, steps)])
+    emit(fmt, patches.report(patch, steps), text)
+    return OK
+
+
+def _step(s: ledger.Patch) -> str:
+    return f"{s.at}  {s.source or 'new':>11} -> {s.state:<11} {s.actor}: {s.reason}"
+
+
+def log(cwd: str, given: str | None, fmt: str) -> int:
+    root = git.toplevel(cwd)
+    everything = ledger.read_sound(root)
+    chosen = [ledger.resolve(everything, given)] if given else sorted(everything.values(), key=lambda p: p.id)
+    steps = sorted(((p, s) for p in chosen for s in ledger.history(root, p)), key=lambda ps: (ps[1].at, ps[0].id, ps[1].seq))
+    emit(fmt, {"transitions": [{"patch": p.id, "seq": s.seq, "from": s.source, "to": s.state, "at": s.at,
+                                "actor": s.actor, "reason": s.reason} for p, s in steps]},
+         lambda _: "\n".join(f"{p.id[:12]}  {_step(s)}" for p, s in steps) or "the ledger is empty")
+    return OK
+
+
+def move(cwd: str, act: Callable[..., ledger.Patch], fmt: str, *args: Any) -> int:
+    """One lifecycle step through `act(root, ...)`, reported as FROM -> TO."""
+    root = git.toplevel(cwd)
+    patch = act(root, *args)
+    emit(fmt, patches.report(patch), lambda _: f"{patch.id[:12]}  {patch.source} -> {patch.state}")
+    return OK
+
+
+def expire(cwd: str, older_than: str, actor: str | None, fmt: str) -> int:
+    root = git.toplevel(cwd)
+    moved = lifecycle.expire(root, older_than, actor_of(root, actor))
+    emit(fmt, {"expired": [patches.report(p) for p in moved]},
+         lambda _: "\n".join(f"{p.id[:12]}  {p.source} -> EXPIRED" for p in moved) or "no patch to expire")
+    return OK
+
+

@@ -1,0 +1,293 @@
+"""The patch ledger in `refs/ledger/patches/<id>`: one ref a patch, one commit a transition.
+
+Every commit's message ends in strict trailers that carry the patch's full current state,
+so one `git for-each-ref` reads the whole ledger. The first commit's tree holds the patch's
+bytes (`patch.diff`), exactly as git produced them; later commits reuse that tree. Every
+ref write is a compare-and-swap through `git update-ref --stdin`, with a reflog. The format
+is documented in docs/data-model.md; its version is the `Ledger-Format` trailer.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+from patch_ledger import git, machine
+from patch_ledger.errors import LedgerError
+
+PREFIX = "refs/ledger/patches/"
+FORMAT = "1"
+PATCH_FILE = "patch.diff"
+NONE = "-"
+ID = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")  # a patch id: sha1 or sha256 hex
+PREFIX_OF_ID = re.compile(r"^[0-9a-f]{4,64}$")
+
+# trailer key -> Patch field, in the order they are written; every one appears exactly once
+TRAILERS: dict[str, str] = {
+    "Ledger-Format": "format",
+    "Ledger-Patch": "id",
+    "Ledger-Seq": "seq",
+    "Ledger-State": "state",
+    "Ledger-From": "source",
+    "Ledger-At": "at",
+    "Ledger-Actor": "actor",
+    "Ledger-Reason": "reason",
+    "Ledger-Base": "base",
+    "Ledger-Task": "task",
+    "Ledger-Message": "message",
+    "Ledger-Gates": "gates",
+    "Ledger-Inverse": "inverse",
+    "Ledger-Superseded-By": "superseded_by",
+}
+
+
+class Patch(NamedTuple):
+    """A patch's current state, as the trailers of its ref's tip commit say."""
+
+    id: str
+    tip: str  # the commit the ref points at
+    tree: str  # holds patch.diff
+    seq: int
+    state: str
+    source: str | None  # the state it came from (None for the first entry)
+    at: str
+    actor: str
+    reason: str
+    base: str | None
+    task: str | None
+    message: str | None
+    gates: dict[str, str]
+    inverse: str | None  # the id of this patch's reverse diff, once known (to spot its revert)
+    superseded_by: str | None
+
+    @property
+    def ref(self) -> str:
+        return PREFIX + self.id
+
+
+class Broken(NamedTuple):
+    """A ref under refs/ledger/patches/ that does not hold a well-formed ledger commit."""
+
+    ref: str
+    reason: str
+
+
+def _kind() -> machine.Machine:
+    return machine.load("patch")
+
+
+# --- the trailer format -----------------------------------------------------------------
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split()) or NONE
+
+
+def render(fields: Mapping[str, Any]) -> str:
+    """The commit message of one ledger transition."""
+    values = dict(fields)
+    values["format"] = FORMAT
+    values["gates"] = ",".join(f"{k}={v}" for k, v in sorted((values.get("gates") or {}).items())) or NONE
+    lines = [f"ledger: {values['id'][:12]} {values['state']}", ""]
+    for key, field in TRAILERS.items():
+        value = values.get(field)
+        lines.append(f"{key}: {_one_line(str(value)) if value not in (None, '') else NONE}")
+    return "\n".join(lines) + "\n"
+
+
+def parse(trailers: Sequence[tuple[str, str]], tip: str, tree: str) -> Patch:
+    """A Patch from its trailers, refusing anything but exactly one of each known key."""
+    seen: dict[str, str] = {}
+    for key, value in trailers:
+        if key not in TRAILERS:
+            raise ValueError(f"unknown trailer {key}")
+        if key in seen:
+            raise ValueError(f"trailer {key} appears twice")
+        seen[key] = value.strip()
+    missing = [k for k in TRAILERS if k not in seen]
+    if missing:
+        raise ValueError(f"missing trailer(s) {', '.join(missing)}")
+    v = {TRAILERS[k]: (None if value == NONE else value) for k, value in seen.items()}
+    if v["format"] != FORMAT:
+        raise ValueError(f"Ledger-Format {v['format']} is not one this patch-ledger reads ({FORMAT})")
+    if not v["id"] or not ID.match(v["id"]):
+        raise ValueError(f"Ledger-Patch {v['id']!r} is not a patch id")
+    if not (v["seq"] or "").isdigit() or int(v["seq"]) < 1:
+        raise ValueError(f"Ledger-Seq {v['seq']!r} is not a positive number")
+    m = _kind()
+    for field in ("state", "source"):
+        if v[field] is not None and v[field] not in m.states:
+            raise ValueError(f"{field} {v[field]!r} is not a Patch state")
+    if v["state"] is None or not v["at"] or not machine.is_timestamp(v["at"]) or not v["actor"]:
+        raise ValueError("Ledger-State, Ledger-At (RFC 3339 UTC) and Ledger-Actor are required")
+    gates = dict(item.split("=", 1) for item in (v["gates"] or "").split(",") if "=" in item)
+    return Patch(v["id"], tip, tree, int(v["seq"]), v["state"], v["source"], v["at"], v["actor"], v["reason"] or "",
+                 v["base"], v["task"], v["message"], gates, v["inverse"], v["superseded_by"])
+
+
+def _split(raw: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in raw.split("\x1f"):
+        if item.strip():
+            key, sep, value = item.partition(":")
+            if not sep:
+                raise ValueError(f"malformed trailer {item!r}")
+            pairs.append((key.strip(), value))
+    return pairs
+
+
+# --- reading ----------------------------------------------------------------------------
+
+_FORMAT = "%(refname)%00%(objectname)%00%(*objecttype)%(objecttype)%00%(tree)%00%(trailers:only,unfold,separator=%x1f)"
+
+
+def read_all(root: Path, pattern: str = PREFIX) -> tuple[dict[str, Patch], list[Broken]]:
+    """Every patch of the ledger (one `for-each-ref`), and the refs that hold no ledger commit."""
+    out = git.run(root, "for-each-ref", f"--format={_FORMAT}", pattern).stdout.decode("utf-8", "replace")
+    patches: dict[str, Patch] = {}
+    broken: list[Broken] = []
+    for line in out.splitlines():
+        ref, tip, kind, tree, trailers = (line.split("\0") + [""] * 5)[:5]
+        try:
+            if kind != "commit":
+                raise ValueError(f"points at a {kind or 'missing object'}, not a commit")
+            patch = parse(_split(trailers), tip, tree)
+            if ref.rsplit("/", 1)[-1] != patch.id:
+                raise ValueError(f"holds patch {patch.id[:12]}, not the one its name says")
+        except ValueError as e:
+            broken.append(Broken(ref, str(e)))
+            continue
+        patches[patch.id] = patch
+    return patches, broken
+
+
+def read_sound(root: Path) -> dict[str, Patch]:
+    """Every patch; a broken ref is bad input (run `ledger verify` to list them all)."""
+    patches, broken = read_all(root)
+    if broken:
+        raise LedgerError(f"{broken[0].ref}: {broken[0].reason}; `ledger verify` lists every broken ref")
+    return patches
+
+
+def resolve(patches: Mapping[str, Patch], given: str) -> Patch:
+    """The patch whose id starts with `given` (a unique prefix of at least 4 hex digits)."""
+    wanted = given.strip().lower()
+    if not PREFIX_OF_ID.match(wanted):
+        raise LedgerError(f"{given!r} is not a patch id; ids are hexadecimal (at least 4 digits of one)")
+    found = [p for i, p in patches.items() if i.startswith(wanted)]
+    if not found:
+        raise LedgerError(f"no patch {given} in the ledger; `ledger patch list` shows them")
+    if len(found) > 1:
+        raise LedgerError(f"{given} is the start of {len(found)} patch ids; give more digits")
+    return found[0]
+
+
+def history(root: Path, patch: Patch) -> list[Patch]:
+    """Every transition of `patch`, oldest first (both sides of a merged history)."""
+    out = git.run(root, "log", "--topo-order", "--reverse", "--format=%H%x00%T%x00%(trailers:only,unfold,separator=%x1f)%x1e",
+                  patch.tip).stdout.decode("utf-8", "replace")
+    steps = []
+    for record in out.split("\x1e"):
+        record = record.strip("\n")
+        if record:
+            tip, tree, trailers = (record.split("\0") + ["", ""])[:3]
+            steps.append(parse(_split(trailers), tip, tree))
+    return steps
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def commit_object(tree: str, parents: Iterable[str], fields: Mapping[str, Any]) -> bytes:
+    """A commit object's content: its author is the actor, its dates the transition's time."""
+    name = " ".join(str(fields["actor"]).replace("<", "").replace(">", "").split()) or "ledger"
+    stamp = machine.epoch(fields["at"])
+    lines = [f"tree {tree}", *(f"parent {p}" for p in parents),
+             f"author {name} <ledger@patch-ledger.invalid> {stamp} +0000",
+             f"committer patch-ledger <ledger@patch-ledger.invalid> {stamp} +0000", "", render(fields)]
+    return "\n".join(lines).encode("utf-8")
+
+
+def write_commit(root: Path, tree: str, parents: Iterable[str], fields: Mapping[str, Any]) -> str:
+    return git.hash_objects(root, "commit", [commit_object(tree, parents, fields)])[0]
+
+
+def diff_listing(blob: str) -> str:
+    return f"100644 blob {blob}\t{PATCH_FILE}\n"
+
+
+def store_diffs(root: Path, diffs: Sequence[bytes]) -> list[str]:
+    """The trees holding each diff as patch.diff (objects written, nothing referenced yet)."""
+    blobs = git.hash_objects(root, "blob", diffs)
+    return git.make_trees(root, [diff_listing(b) for b in blobs])
+
+
+def swap(root: Path, updates: Sequence[tuple[str, str, str | None]]) -> bool:
+    """Move every (ref, new, expected old; None: must not exist) at once, or none: False when
+    another writer moved one first. Reflogs are kept for every ledger ref."""
+    zero = "0" * len(updates[0][1])
+    lines = ["start", *(f"update {ref} {new} {old or zero}" for ref, new, old in updates), "prepare", "commit", ""]
+    proc = git.run(root, "update-ref", "--create-reflog", "--stdin", input="\n".join(lines).encode(), check=False)
+    if proc.returncode == 0:
+        return True
+    err = proc.stderr.decode(errors="replace")
+    if "cannot lock ref" in err or "expected" in err or "File exists" in err or "reference already exists" in err:
+        return False
+    raise LedgerError(f"git update-ref failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+
+
+def record(root: Path, new: Sequence[tuple[str, bytes, Mapping[str, Any]]]) -> list[tuple[Patch, bool]]:
+    """Record patches (id, diff bytes, fields) as PENDING, all with a handful of git processes;
+    each comes back with False when it was in the ledger already (the same content)."""
+    existing, _ = read_all(root)
+    fresh = [(i, diff, fields) for i, diff, fields in dict((n[0], n) for n in new).values() if i not in existing]
+    ours: dict[str, str] = {}
+    if fresh:
+        trees = store_diffs(root, [diff for _, diff, _ in fresh])
+        values = [{**fields, "id": i, "seq": 1, "state": _kind().initial, "source": None, "at": fields.get("at") or machine.now()}
+                  for i, _, fields in fresh]
+        tips = git.hash_objects(root, "commit", [commit_object(t, [], v) for t, v in zip(trees, values)])
+        ours = {v["id"]: tip for v, tip in zip(values, tips)}
+        updates = [(PREFIX + i, tip, None) for i, tip in ours.items()]
+        if not swap(root, updates):  # someone recorded one of them meanwhile: one at a time then
+            for update in updates:
+                swap(root, [update])
+        existing, _ = read_all(root)
+    return [(existing[i], existing[i].tip == ours.get(i)) for i, _, _ in new]
+
+
+def move(root: Path, patch: Patch, to: str, actor: str, reason: str = "", **fields: Any) -> Patch:
+    """`patch` to state `to` with a compare-and-swap; after a lost race, again on the new tip
+    while the step is still legal from there, else refused naming the state that won."""
+    for attempt in range(50):
+        m = _kind()
+        if not m.is_legal(patch.state, to):
+            lost = f" (another writer moved it to {patch.state} first)" if attempt else ""
+            allowed = ", ".join(m.targets(patch.state)) or "nothing: it is final"
+            raise LedgerError(f"patch {patch.id[:12]} is {patch.state}{lost}; it cannot go to {to} (from {patch.state}: {allowed})")
+        at = machine.now()
+        if machine.time_key(at) < machine.time_key(patch.at):
+            at = patch.at
+        values = {**patch._asdict(), **fields, "seq": patch.seq + 1, "state": to, "source": patch.state, "at": at,
+                  "actor": actor, "reason": reason}
+        tip = write_commit(root, patch.tree, [patch.tip], values)
+        if swap(root, [(patch.ref, tip, patch.tip)]):
+            return Patch(**{**{k: v for k, v in values.items() if k in Patch._fields}, "tip": tip, "tree": patch.tree})
+        time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        current, _ = read_all(root, patch.ref)
+        if patch.id not in current:
+            raise LedgerError(f"{patch.ref} disappeared while moving it; is someone deleting ledger refs?")
+        patch = current[patch.id]
+    raise LedgerError(f"patch {patch.id[:12]}: gave up after 50 lost races; the ledger is too busy, try again")
+
+
+def patch_bytes(root: Path, patch: Patch) -> bytes:
+    blobs = git.read_blobs(root, [f"{patch.tree}:{PATCH_FILE}"], 1 << 62)
+    data = blobs[f"{patch.tree}:{PATCH_FILE}"]
+    if not isinstance(data, bytes):
+        raise LedgerError(f"{patch.ref}: its tree holds no {PATCH_FILE}; run `ledger verify`")
+    return data
+

@@ -1,0 +1,216 @@
+"""Patches coming into the ledger: a diff from a file, standard input or the working tree,
+or every commit of a range; each read (never rewritten), refused when unsafe, identified by
+`git patch-id --stable` and recorded as PENDING. A recorded commit that reverts an applied
+patch rolls that patch back."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from patch_ledger import git, ledger, machine
+from patch_ledger.errors import LedgerError
+
+MAX_DIFF_BYTES = 32 * 1024 * 1024  # larger is no patch to review; git itself would balk later
+# A reverse diff named as a forward one (git swaps the prefixes after -R), so that its
+# patch id is the id of the commit that reverts it.
+_REVERSED = ("-R", "--src-prefix=b/", "--dst-prefix=a/")
+_HEADER_PATHS = re.compile(rb"^(?:rename|copy) (?:from|to) (.*)$", re.M)
+
+
+class Intake(NamedTuple):
+    diff: bytes
+    base: str | None  # the commit the diff applies to
+
+
+def read_diff(root: Path, source: str | None, base: str | None) -> Intake:
+    """The diff to record: from a file, from standard input (`-`), or the working tree's
+    changes against `base` (HEAD by default) when no source is given."""
+    base_commit = _commit(root, base) if base or source is None else None
+    if source is None:
+        if base_commit is None:
+            raise LedgerError("the repository has no commits yet: there is nothing to diff against; pass a diff file")
+        diff = git.run(root, "diff", "--binary", "--full-index", "--no-ext-diff", "--no-color", base_commit).stdout
+        where = "the working tree"
+    elif source == "-":
+        diff = sys.stdin.buffer.read(MAX_DIFF_BYTES + 1)
+        where = "standard input"
+    else:
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+            if size > MAX_DIFF_BYTES:
+                raise LedgerError(f"{source}: {size} bytes, over the {MAX_DIFF_BYTES}-byte limit of a patch; split it")
+            diff = path.read_bytes()
+        except OSError as e:
+            raise LedgerError(f"{source}: {e.strerror}; pass a readable diff file") from None
+        where = source
+    if len(diff) > MAX_DIFF_BYTES:
+        raise LedgerError(f"{where}: over the {MAX_DIFF_BYTES}-byte limit of a patch; split it")
+    if not diff.strip():
+        raise LedgerError(f"{where}: no change to record (an empty diff)")
+    return Intake(diff, base_commit)
+
+
+def _commit(root: Path, rev: str | None) -> str | None:
+    commit = git.commit_of(root, rev or "HEAD")
+    if rev and commit is None:
+        raise LedgerError(f"--base {rev}: not a commit in {root}; pass a branch, tag or commit id")
+    return commit
+
+
+def paths_of(diff: bytes, where: str) -> list[str]:
+    """Every path the diff names, read with unidiff (never rewritten), or LedgerError."""
+    from unidiff import PatchSet
+    from unidiff.errors import UnidiffParseError
+
+    try:
+        files = PatchSet(diff.decode("utf-8", "surrogateescape"))
+    except (UnidiffParseError, ValueError, IndexError) as e:
+        raise LedgerError(f"{where}: not a diff git can apply ({e}); record the output of `git diff --binary`") from None
+    if not len(files):
+        raise LedgerError(f"{where}: no file change found; is it a diff (`git diff --binary`)?")
+    paths = []
+    for f in files:
+        for name in (f.source_file, f.target_file):
+            if name and name != "/dev/null":
+                paths.append(name[2:] if name[:2] in ("a/", "b/") else name)
+    paths += [m.decode("utf-8", "surrogateescape") for m in _HEADER_PATHS.findall(diff)]
+    return list(dict.fromkeys(paths))
+
+
+def path_problem(path: str) -> str | None:
+    """Why a path in a diff is unsafe to apply, or None."""
+    parts = path.split("/")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", path):
+        return f"{path!r} is absolute"
+    if ".." in parts:
+        return f"{path!r} climbs out of the repository with '..'"
+    if any(p.lower() == ".git" for p in parts):
+        return f"{path!r} is inside .git/"
+    if "\0" in path or not path.strip():
+        return f"{path!r} is not a usable path"
+    return None
+
+
+def symlink_problems(root: Path, base: str | None, paths: list[str]) -> list[str]:
+    """Paths that go through a symlink of the base tree (which would take them elsewhere)."""
+    if base is None:
+        return []
+    parents = sorted({"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)})
+    if not parents:
+        return []
+    out = git.run(root, "ls-tree", "-z", "--full-tree", base, "--", *parents).stdout.decode("utf-8", "surrogateescape")
+    links = {entry.split("\t", 1)[1] for entry in out.split("\0") if entry.startswith("120000 ")}
+    return [f"{p!r} goes through the symlink {link!r} of the base" for p in paths for link in links if p.startswith(link + "/")]
+
+
+def check_safe(root: Path, diff: bytes, base: str | None, where: str) -> list[str]:
+    """The diff's paths, once it is known to parse and to stay inside the repository."""
+    paths = paths_of(diff, where)
+    problems = [p for p in map(path_problem, paths) if p] or symlink_problems(root, base, paths)
+    if problems:
+        raise LedgerError(f"{where}: {problems[0]}; a patch may change files inside the repository only")
+    return paths
+
+
+def patch_ids(root: Path, stream: bytes) -> list[tuple[str, str]]:
+    """(patch id, commit id or zeros) of each patch in `stream`, from `git patch-id --stable`."""
+    out = git.run(root, "patch-id", "--stable", input=stream).stdout.decode()
+    return [tuple(line.split()[:2]) for line in out.splitlines() if line.strip()]  # type: ignore[misc]
+
+
+def add(root: Path, source: str | None, base: str | None, task: str | None, actor: str,
+        message: str | None) -> tuple[ledger.Patch, bool]:
+    """Record one diff as PENDING; (its patch, whether it is new to the ledger)."""
+    intake = read_diff(root, source, base)
+    where = source or "the working tree"
+    check_safe(root, intake.diff, intake.base, where)
+    ids = patch_ids(root, intake.diff)
+    if not ids:
+        raise LedgerError(f"{where}: git finds no change to identify in it; record the output of `git diff --binary`")
+    inverse = None
+    if source is None and intake.base:  # the working tree's reverse diff is at hand: know the revert now
+        reverse = git.run(root, "diff", *_REVERSED, "--binary", "--full-index", "--no-ext-diff", "--no-color", intake.base).stdout
+        inverse = next(iter(patch_ids(root, reverse)), (None,))[0]
+    fields = {"base": intake.base, "task": task, "actor": actor, "message": message, "inverse": inverse,
+              "reason": f"recorded from {where}"}
+    return ledger.record(root, [(ids[0][0], intake.diff, fields)])[0]
+
+
+class Recorded(NamedTuple):
+    patch: ledger.Patch
+    created: bool
+    commit: str
+
+
+def record_range(root: Path, revrange: str, actor: str | None) -> tuple[list[Recorded], list[ledger.Patch]]:
+    """Record every non-merge commit of `revrange` (base: its parent); and roll back the
+    applied patches that one of them reverts. Both lists, in order."""
+    commits = _commits(root, revrange)
+    if not commits:
+        return [], []
+    diffs = _diffs(root, revrange, reverse=False)
+    ids = dict((c, p) for p, c in patch_ids(root, b"".join(b"commit " + c.encode() + b"\n" + diffs[c] for c in diffs)))
+    reverse = _diffs(root, revrange, reverse=True)
+    inverse = dict((c, p) for p, c in patch_ids(root, b"".join(b"commit " + c.encode() + b"\n" + reverse[c] for c in reverse)))
+    new, sources = [], []
+    for commit, parent, author, subject in commits:
+        if commit not in ids:
+            continue  # git sees no change (an empty commit): nothing to record
+        check_safe(root, diffs[commit], parent, f"commit {commit[:12]}")
+        new.append((ids[commit], diffs[commit], {
+            "base": parent, "actor": actor or author, "message": subject, "inverse": inverse.get(commit),
+            "reason": f"recorded from commit {commit}"}))
+        sources.append(commit)
+    recorded = [Recorded(p, created, c) for (p, created), c in zip(ledger.record(root, new), sources)]
+    return recorded, _roll_back_reverted(root, recorded)
+
+
+def _commits(root: Path, revrange: str) -> list[tuple[str, str | None, str, str]]:
+    if revrange.startswith("-"):
+        raise LedgerError(f"{revrange!r} is not a revision range; pass e.g. main..HEAD")
+    proc = git.run(root, "log", "--no-merges", "--reverse", "--format=%H%x00%P%x00%an%x00%s", revrange, "--", check=False)
+    if proc.returncode != 0:
+        raise LedgerError(f"{revrange}: not a revision range of {root}; pass e.g. main..HEAD")
+    out = []
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        commit, parents, author, subject = (line.split("\0") + ["", "", ""])[:4]
+        out.append((commit, parents.split()[0] if parents else None, author or "unknown", subject))
+    return out
+
+
+def _diffs(root: Path, revrange: str, reverse: bool) -> dict[str, bytes]:
+    """Each commit's diff against its parent, as `git diff --binary --full-index` writes it."""
+    args = ["log", "--no-merges", "--reverse", "-p", "--binary", "--full-index", "--no-color", "--no-ext-diff",
+            "--format=%x00commit %H", *(_REVERSED if reverse else []), revrange, "--"]
+    out = git.run(root, *args).stdout
+    diffs = {}
+    for chunk in out.split(b"\0commit ")[1:]:
+        header, _, body = chunk.partition(b"\n")
+        diffs[header.strip().decode()] = body.lstrip(b"\n")
+    return diffs
+
+
+def _roll_back_reverted(root: Path, recorded: list[Recorded]) -> list[ledger.Patch]:
+    patches = ledger.read_sound(root)
+    live = {p.inverse: p for p in patches.values() if p.inverse and p.state in ("APPLIED", "VERIFIED", "QUARANTINED")}
+    rolled = []
+    for r in recorded:
+        target = live.pop(r.patch.id, None)
+        if target is not None and machine.load("patch").is_legal(target.state, "ROLLED_BACK"):
+            rolled.append(ledger.move(root, target, "ROLLED_BACK", r.patch.actor, f"reverted by commit {r.commit}"))
+    return rolled
+
+
+def report(patch: ledger.Patch, steps: list[ledger.Patch] | None = None) -> dict[str, Any]:
+    """The patch in the form of schemas/patch.json (its history when `steps` are given)."""
+    doc: dict[str, Any] = {"schema_version": 2, "id": patch.id, "state": patch.state}
+    if steps is not None:
+        doc["history"] = [{"from": s.source, "to": s.state, "at": s.at, "actor": s.actor, "reason": s.reason} for s in steps]
+    optional = {"patch_id": patch.id, "seq": patch.seq, "base": patch.base, "task": patch.task, "actor": patch.actor,
+                "message": patch.message, "superseded_by": patch.superseded_by, "gates": patch.gates or None}
+    doc.update((k, v) for k, v in optional.items() if v is not None)
+    return doc
