@@ -98,6 +98,18 @@ def render(fields: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The trailers as `render` writes them: one match reads a well-formed block, in C.
+_CANONICAL = re.compile("\x1f".join(f"{re.escape(k)}: ?([^\x1f]*)" for k in TRAILERS) + r"\Z")
+
+
+def parse_block(block: str, tip: str, tree: str) -> Patch:
+    """A Patch from the trailers that for-each-ref or log joined with \\x1f."""
+    match = _CANONICAL.match(block)
+    if match is None:
+        return parse(_split(block), tip, tree)  # the strict path says what is wrong
+    return _checked(dict(zip(TRAILERS.values(), (None if v.strip() == NONE else v.strip() for v in match.groups()))), tip, tree)
+
+
 def parse(trailers: Sequence[tuple[str, str]], tip: str, tree: str) -> Patch:
     """A Patch from its trailers, refusing anything but exactly one of each known key."""
     seen: dict[str, str] = {}
@@ -110,16 +122,19 @@ def parse(trailers: Sequence[tuple[str, str]], tip: str, tree: str) -> Patch:
     missing = [k for k in TRAILERS if k not in seen]
     if missing:
         raise ValueError(f"missing trailer(s) {', '.join(missing)}")
-    v = {TRAILERS[k]: (None if value == NONE else value) for k, value in seen.items()}
+    return _checked({TRAILERS[k]: (None if value == NONE else value) for k, value in seen.items()}, tip, tree)
+
+
+def _checked(v: dict[str, Any], tip: str, tree: str) -> Patch:
     if v["format"] != FORMAT:
         raise ValueError(f"Ledger-Format {v['format']} is not one this patch-ledger reads ({FORMAT})")
     if not v["id"] or not ID.match(v["id"]):
         raise ValueError(f"Ledger-Patch {v['id']!r} is not a patch id")
     if not (v["seq"] or "").isdigit() or int(v["seq"]) < 1:
         raise ValueError(f"Ledger-Seq {v['seq']!r} is not a positive number")
-    m = _kind()
+    states = _kind().states
     for field in ("state", "source"):
-        if v[field] is not None and v[field] not in m.states:
+        if v[field] is not None and v[field] not in states:
             raise ValueError(f"{field} {v[field]!r} is not a Patch state")
     if v["state"] is None or not v["at"] or not machine.is_timestamp(v["at"]) or not v["actor"]:
         raise ValueError("Ledger-State, Ledger-At (RFC 3339 UTC) and Ledger-Actor are required")
@@ -154,7 +169,7 @@ def read_all(root: Path, pattern: str = PREFIX) -> tuple[dict[str, Patch], list[
         try:
             if kind != "commit":
                 raise ValueError(f"points at a {kind or 'missing object'}, not a commit")
-            patch = parse(_split(trailers), tip, tree)
+            patch = parse_block(trailers, tip, tree)
             if ref.rsplit("/", 1)[-1] != patch.id:
                 raise ValueError(f"holds patch {patch.id[:12]}, not the one its name says")
         except ValueError as e:
@@ -194,7 +209,7 @@ def history(root: Path, patch: Patch) -> list[Patch]:
         record = record.strip("\n")
         if record:
             tip, tree, trailers = (record.split("\0") + ["", ""])[:3]
-            steps.append(parse(_split(trailers), tip, tree))
+            steps.append(parse_block(trailers, tip, tree))
     return steps
 
 
@@ -259,23 +274,57 @@ def record(root: Path, new: Sequence[tuple[str, bytes, Mapping[str, Any]]]) -> l
     return [(existing[i], existing[i].tip == ours.get(i)) for i, _, _ in new]
 
 
+class Step(NamedTuple):
+    patch: Patch
+    to: str
+    actor: str
+    reason: str = ""
+
+
+def _next(patch: Patch, to: str, actor: str, reason: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of `patch` after the step to `to`, or LedgerError when the step is illegal."""
+    m = _kind()
+    if not m.is_legal(patch.state, to):
+        allowed = ", ".join(m.targets(patch.state)) or "nothing: it is final"
+        raise LedgerError(f"patch {patch.id[:12]} is {patch.state}; it cannot go to {to} (from {patch.state}: {allowed})")
+    at = machine.now()
+    if machine.time_key(at) < machine.time_key(patch.at):
+        at = patch.at
+    return {**patch._asdict(), **fields, "seq": patch.seq + 1, "state": to, "source": patch.state, "at": at,
+            "actor": actor, "reason": reason}
+
+
+def _moved(values: Mapping[str, Any], tip: str) -> Patch:
+    return Patch(**{**{k: v for k, v in values.items() if k in Patch._fields}, "tip": tip})
+
+
+def move_many(root: Path, steps: Sequence[Step]) -> list[Patch]:
+    """Many steps of different patches in one transaction: every commit written by one git
+    process, every ref swapped by one `update-ref --stdin`. When another writer moved one of
+    them first, each step is retried on its own (`move`)."""
+    if len({s.patch.id for s in steps}) != len(steps):
+        raise LedgerError("one patch twice in one batch; give each patch one step")
+    values = [_next(s.patch, s.to, s.actor, s.reason, {}) for s in steps]
+    tips = git.hash_objects(root, "commit", [commit_object(s.patch.tree, [s.patch.tip], v) for s, v in zip(steps, values)])
+    if swap(root, [(s.patch.ref, tip, s.patch.tip) for s, tip in zip(steps, tips)]):
+        return [_moved(v, tip) for v, tip in zip(values, tips)]
+    current, _ = read_all(root)
+    return [move(root, current.get(s.patch.id, s.patch), s.to, s.actor, s.reason) for s in steps]
+
+
 def move(root: Path, patch: Patch, to: str, actor: str, reason: str = "", **fields: Any) -> Patch:
     """`patch` to state `to` with a compare-and-swap; after a lost race, again on the new tip
     while the step is still legal from there, else refused naming the state that won."""
     for attempt in range(50):
-        m = _kind()
-        if not m.is_legal(patch.state, to):
-            lost = f" (another writer moved it to {patch.state} first)" if attempt else ""
-            allowed = ", ".join(m.targets(patch.state)) or "nothing: it is final"
-            raise LedgerError(f"patch {patch.id[:12]} is {patch.state}{lost}; it cannot go to {to} (from {patch.state}: {allowed})")
-        at = machine.now()
-        if machine.time_key(at) < machine.time_key(patch.at):
-            at = patch.at
-        values = {**patch._asdict(), **fields, "seq": patch.seq + 1, "state": to, "source": patch.state, "at": at,
-                  "actor": actor, "reason": reason}
+        try:
+            values = _next(patch, to, actor, reason, fields)
+        except LedgerError as e:
+            if attempt:  # the race was lost to a step that makes this one illegal: say who won
+                raise LedgerError(f"{e} — another writer moved it to {patch.state} first") from None
+            raise
         tip = write_commit(root, patch.tree, [patch.tip], values)
         if swap(root, [(patch.ref, tip, patch.tip)]):
-            return Patch(**{**{k: v for k, v in values.items() if k in Patch._fields}, "tip": tip, "tree": patch.tree})
+            return _moved(values, tip)
         time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
         current, _ = read_all(root, patch.ref)
         if patch.id not in current:

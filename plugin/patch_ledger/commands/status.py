@@ -2,17 +2,37 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from patch_ledger import git
+from patch_ledger import git, ledger
 from patch_ledger.errors import OK
 from patch_ledger.layout import ROOT, classify
 from patch_ledger.report import emit
 from patch_ledger.source import worktree
 
+RECENT = 10
+
 
 def run(cwd: str, fmt: str) -> int:
     root = git.toplevel(cwd)
+    report = {"patches": _patches(root), "runs": _runs(root)}
+    emit(fmt, report, _text)
+    return OK
+
+
+def _patches(root: Path) -> dict[str, Any]:
+    """The ledger in one `for-each-ref`: counts by state, the latest patches, the quarantined."""
+    patches = ledger.read_sound(root)
+    latest = sorted(patches.values(), key=lambda p: (p.at, p.id), reverse=True)
+    summary = lambda p: {"id": p.id, "state": p.state, "seq": p.seq, "at": p.at, "actor": p.actor,  # noqa: E731
+                         "message": p.message, "reason": p.reason}
+    return {"total": len(patches), "by_state": dict(sorted(Counter(p.state for p in patches.values()).items())),
+            "recent": [summary(p) for p in latest[:RECENT]],
+            "quarantined": [summary(p) for p in latest if p.state == "QUARANTINED"]}
+
+
+def _runs(root: Path) -> list[dict[str, Any]]:
     runs: dict[str, dict[str, Any]] = {}
     for f in filter(None, map(classify, worktree(root).files(f"{ROOT}/runs"))):
         if f.kind not in ("run", "task"):
@@ -23,12 +43,10 @@ def run(cwd: str, fmt: str) -> int:
             entry.update(state=doc.get("state"), progress=doc.get("progress"))
         else:
             entry["tasks"][doc.get("state", "UNREADABLE")] += 1
-    listing = [dict(r, tasks=dict(sorted(r["tasks"].items()))) for _, r in sorted(runs.items())]
-    emit(fmt, {"runs": listing}, lambda _: _text(listing))
-    return OK
+    return [dict(r, tasks=dict(sorted(r["tasks"].items()))) for _, r in sorted(runs.items())]
 
 
-def _read(path: Any) -> dict[str, Any]:
+def _read(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text())
         return doc if isinstance(doc, dict) else {}
@@ -36,11 +54,16 @@ def _read(path: Any) -> dict[str, Any]:
         return {}
 
 
-def _text(listing: list[dict[str, Any]]) -> str:
-    if not listing:
-        return "no runs under .ledger/runs (ledger demo shows one)"
-    lines = []
-    for r in listing:
+def _text(report: dict[str, Any]) -> str:
+    p = report["patches"]
+    lines = [f"patches: {p['total']}" + (f" ({', '.join(f'{n} {s}' for s, n in p['by_state'].items())})" if p["total"] else "")]
+    lines += [f"  {x['id'][:12]}  {x['state']:<11} {x['at'][:19]}  {x['actor']}  {x['message'] or ''}".rstrip() for x in p["recent"]]
+    if p["quarantined"]:
+        lines.append(f"quarantined: {len(p['quarantined'])}")
+        lines += [f"  {x['id'][:12]}  {x['reason']}" for x in p["quarantined"]]
+    if not report["runs"]:
+        lines.append("runs: none under .ledger/runs (ledger demo shows one)")
+    for r in report["runs"]:
         share = f"{r['progress']:.0%}" if isinstance(r["progress"], (int, float)) else "?"
         tasks = ", ".join(f"{n} {s}" for s, n in r["tasks"].items()) or "no tasks"
         lines.append(f"run {r['id']}: {r['state'] or 'no run.json'}, {share} done; tasks: {tasks}")
