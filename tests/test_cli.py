@@ -41,7 +41,7 @@ def test_git_ledger_runs_the_same_cli(repo: Path) -> None:
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"]}
     proc = subprocess.run(["git", "ledger", "status"], cwd=repo, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "no runs" in proc.stdout
+    assert "patches: 0" in proc.stdout and "runs: none" in proc.stdout
 
 
 def test_usage_error_is_exit_2_without_traceback(tmp_path: Path) -> None:
