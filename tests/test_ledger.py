@@ -63,11 +63,13 @@ def test_the_working_tree_and_stdin_are_sources_too(repo: Path) -> None:
     from_worktree = cli(repo, "patch", "add")
     assert from_stdin.returncode == 0 and from_stdin.stdout == from_worktree.stdout  # one content, one patch
     patch = _patch(repo, from_worktree.stdout.strip())
-    assert patch.base is None  # recorded from standard input first, without --base
-    write(repo, "src/other.txt", "x\n")
-    git(repo, "add", "-A")
+    assert patch.base == commits[-1]  # without --base, a diff is meant for HEAD
+    git(repo, "checkout", "--", "README.md")
+    write(repo, "src/new-untracked.txt", "x\n")  # the working tree's changes include new files
     other = _patch(repo, cli(repo, "patch", "add").stdout.strip())
     assert other.base == commits[-1] and other.inverse  # the working tree's reverse diff is known
+    assert b"src/new-untracked.txt" in ledger.patch_bytes(repo, other)
+    assert git(repo, "status", "--porcelain").stdout == "?? src/new-untracked.txt\n"  # the index untouched
 
 
 def test_record_a_range_once_and_a_cherry_pick_is_the_same_patch(repo: Path) -> None:
@@ -186,3 +188,12 @@ def test_a_hand_edited_ref_is_refused_in_one_line(repo: Path) -> None:
     git(repo, "update-ref", "refs/ledger/patches/" + "a" * 40, bad)
     proc = cli(repo, "patch", "list")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "refs/ledger/patches/aaaa" in proc.stderr
+
+
+def test_quoted_paths_are_checked_as_the_paths_they_name(repo: Path) -> None:
+    from patch_ledger import patches
+
+    assert patches.unquote('"b/secret/\\303\\251.txt"') == "b/secret/\u00e9.txt"
+    assert patches.path_problem(patches.unquote('"../\\303\\251"')) is not None
+    diff = b'diff --git "a/caf\\303\\251" "b/caf\\303\\251"\nnew file mode 100644\nindex 0000000..e69de29\n--- /dev/null\n+++ "b/caf\\303\\251"\n@@ -0,0 +1 @@\n+x\n'
+    assert patches.paths_of(diff, "test") == ["caf\u00e9"]

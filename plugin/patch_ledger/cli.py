@@ -152,6 +152,38 @@ _lifecycle_command("quarantine", "APPLIED or VERIFIED -> QUARANTINED, with the r
 _lifecycle_command("release", "QUARANTINED -> APPLIED: to be verified again.")
 
 
+@patch.command("validate")
+@click.argument("patch_id", metavar="ID")
+@ACTOR
+@FORMAT
+def patch_validate(patch_id: str, actor: str | None, fmt: str) -> int:
+    """PENDING -> VALIDATING -> VALIDATED or REJECTED (with every reason): the diff parses,
+    its paths stay in the repository, the policy holds, and it applies to its base (checked
+    in a temporary index: your working tree and index are not touched)."""
+    from patch_ledger import validation
+    from patch_ledger.commands import patch as command
+
+    return command.move(".", lambda root: validation.validate(root, patch_id, command.actor_of(root, actor)), fmt)
+
+
+def _applying_command(name: str, doc: str) -> None:
+    @patch.command(name, help=doc)
+    @click.argument("patch_id", metavar="ID")
+    @click.option("--worktree", metavar="DIR", help="Commit in this checkout (e.g. a git worktree) instead of this one.")
+    @ACTOR
+    @FORMAT
+    def step(patch_id: str, worktree: str | None, actor: str | None, fmt: str) -> int:
+        from patch_ledger import validation
+        from patch_ledger.commands import patch as command
+
+        act = getattr(validation, name)
+        return command.move(".", lambda root: act(root, patch_id, command.actor_of(root, actor), worktree), fmt)
+
+
+_applying_command("apply", "VALIDATED -> APPLIED: the stored bytes applied with git and committed on the current branch; refused when it would conflict.")
+_applying_command("rollback", "APPLIED, VERIFIED or QUARANTINED -> ROLLED_BACK: the patch reverse-applied and committed.")
+
+
 @patch.command("verify")
 @click.argument("patch_id", metavar="ID")
 @ACTOR

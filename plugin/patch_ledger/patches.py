@@ -5,8 +5,11 @@ patch rolls that patch back."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -14,9 +17,12 @@ from patch_ledger import git, ledger, machine
 from patch_ledger.errors import LedgerError
 
 MAX_DIFF_BYTES = 32 * 1024 * 1024  # larger is no patch to review; git itself would balk later
+# Diffs exactly as the ledger stores them, whatever the user's diff settings (noprefix,
+# mnemonicPrefix, renames, textconv would change the bytes, and so the patch id).
+DIFF = ("--binary", "--full-index", "--no-ext-diff", "--no-textconv", "--no-color", "-M", "--src-prefix=a/", "--dst-prefix=b/")
 # A reverse diff named as a forward one (git swaps the prefixes after -R), so that its
 # patch id is the id of the commit that reverts it.
-_REVERSED = ("-R", "--src-prefix=b/", "--dst-prefix=a/")
+_REVERSED = (*DIFF[:-2], "-R", "--src-prefix=b/", "--dst-prefix=a/")
 _HEADER_PATHS = re.compile(rb"^(?:rename|copy) (?:from|to) (.*)$", re.M)
 
 
@@ -28,11 +34,11 @@ class Intake(NamedTuple):
 def read_diff(root: Path, source: str | None, base: str | None) -> Intake:
     """The diff to record: from a file, from standard input (`-`), or the working tree's
     changes against `base` (HEAD by default) when no source is given."""
-    base_commit = _commit(root, base) if base or source is None else None
+    base_commit = _commit(root, base)
     if source is None:
         if base_commit is None:
             raise LedgerError("the repository has no commits yet: there is nothing to diff against; pass a diff file")
-        diff = git.run(root, "diff", "--binary", "--full-index", "--no-ext-diff", "--no-color", base_commit).stdout
+        diff = worktree_diff(root, base_commit)
         where = "the working tree"
     elif source == "-":
         diff = sys.stdin.buffer.read(MAX_DIFF_BYTES + 1)
@@ -52,6 +58,19 @@ def read_diff(root: Path, source: str | None, base: str | None) -> Intake:
     if not diff.strip():
         raise LedgerError(f"{where}: no change to record (an empty diff)")
     return Intake(diff, base_commit)
+
+
+def worktree_diff(root: Path, base: str, reverse: bool = False) -> bytes:
+    """Every change of the working tree against `base`, new untracked files too (not the
+    ignored ones), through a scratch copy of the index: the user's index is not touched."""
+    index = Path(git.run(root, "rev-parse", "--git-path", "index").stdout.decode().strip())
+    index = index if index.is_absolute() else root / index
+    with tempfile.TemporaryDirectory(prefix="ledger-index-") as scratch:
+        env = {**git.clean_env(), "GIT_INDEX_FILE": os.path.join(scratch, "index")}
+        if index.is_file():
+            shutil.copyfile(index, env["GIT_INDEX_FILE"])
+        git.run(root, "add", "-A", env=env)
+        return git.run(root, "diff", "--cached", *(_REVERSED if reverse else DIFF), base, env=env).stdout
 
 
 def _commit(root: Path, rev: str | None) -> str | None:
@@ -76,9 +95,38 @@ def paths_of(diff: bytes, where: str) -> list[str]:
     for f in files:
         for name in (f.source_file, f.target_file):
             if name and name != "/dev/null":
-                paths.append(name[2:] if name[:2] in ("a/", "b/") else name)
-    paths += [m.decode("utf-8", "surrogateescape") for m in _HEADER_PATHS.findall(diff)]
+                paths.append(_unprefixed(unquote(name)))
+    paths += [unquote(m.decode("utf-8", "surrogateescape")) for m in _HEADER_PATHS.findall(diff)]
     return list(dict.fromkeys(paths))
+
+
+def _unprefixed(name: str) -> str:
+    return name[2:] if name[:2] in ("a/", "b/") else name
+
+
+_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+
+
+def unquote(name: str) -> str:
+    """A path as git wrote it: C-quoted ("b/\\303\\251.txt") when it holds special bytes."""
+    name = name.rstrip("\n")
+    if not (len(name) >= 2 and name.startswith('"') and name.endswith('"')):
+        return name
+    out, i, body = bytearray(), 0, name[1:-1]
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in "01234567" and re.fullmatch(r"[0-7]{3}", body[i + 1:i + 4]):
+                out.append(int(body[i + 1:i + 4], 8))
+                i += 4
+                continue
+            out.append(_ESCAPES.get(nxt, ord(nxt)))
+            i += 2
+            continue
+        out += ch.encode("utf-8", "surrogateescape")
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
 
 
 def path_problem(path: str) -> str | None:
@@ -133,8 +181,7 @@ def add(root: Path, source: str | None, base: str | None, task: str | None, acto
         raise LedgerError(f"{where}: git finds no change to identify in it; record the output of `git diff --binary`")
     inverse = None
     if source is None and intake.base:  # the working tree's reverse diff is at hand: know the revert now
-        reverse = git.run(root, "diff", *_REVERSED, "--binary", "--full-index", "--no-ext-diff", "--no-color", intake.base).stdout
-        inverse = next(iter(patch_ids(root, reverse)), (None,))[0]
+        inverse = next(iter(patch_ids(root, worktree_diff(root, intake.base, reverse=True))), (None,))[0]
     fields = {"base": intake.base, "task": task, "actor": actor, "message": message, "inverse": inverse,
               "reason": f"recorded from {where}"}
     return ledger.record(root, [(ids[0][0], intake.diff, fields)])[0]
@@ -184,8 +231,7 @@ def _commits(root: Path, revrange: str) -> list[tuple[str, str | None, str, str]
 
 def _diffs(root: Path, revrange: str, reverse: bool) -> dict[str, bytes]:
     """Each commit's diff against its parent, as `git diff --binary --full-index` writes it."""
-    args = ["log", "--no-merges", "--reverse", "-p", "--binary", "--full-index", "--no-color", "--no-ext-diff",
-            "--format=%x00commit %H", *(_REVERSED if reverse else []), revrange, "--"]
+    args = ["log", "--no-merges", "--reverse", "-p", "--format=%x00commit %H", *(_REVERSED if reverse else DIFF), revrange, "--"]
     out = git.run(root, *args).stdout
     diffs = {}
     for chunk in out.split(b"\0commit ")[1:]:
