@@ -222,6 +222,18 @@ def patch_expire(older_than: str, actor: str | None, fmt: str) -> int:
 
 
 @cli.command()
+@click.argument("remote", required=False)
+@ACTOR
+@FORMAT
+def sync(remote: str | None, actor: str | None, fmt: str) -> int:
+    """Fetch, merge and push the ledger through REMOTE (default: config sync.remote, else
+    origin). Diverged histories of a patch are merged, keeping both; nothing is forced."""
+    from patch_ledger.commands import patch as command
+
+    return command.sync(".", remote, actor, fmt)
+
+
+@cli.command()
 @click.argument("patch_id", required=False, metavar="[ID]")
 @FORMAT
 def log(patch_id: str | None, fmt: str) -> int:

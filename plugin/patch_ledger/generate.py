@@ -33,6 +33,8 @@ def _machine_section(m: machine.Machine) -> list[str]:
     lines += ["```", ""]
     if m.immutable:
         lines += [f"Fixed once set: {', '.join(f'`{f}`' for f in m.immutable)}.", ""]
+    if m.precedence:
+        lines += [f"When two clones moved it differently, `ledger sync` keeps (highest first): {', '.join(m.precedence)}.", ""]
     if m.roles:
         lines += ["| phase | role |", "|---|---|", *(f"| {p} | {r} |" for p, r in m.roles.items()), ""]
     for name in m.guards:

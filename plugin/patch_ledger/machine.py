@@ -41,6 +41,7 @@ class Machine:
     guards: tuple[str, ...]
     roles: dict[str, str]
     immutable: tuple[str, ...]  # fields fixed once set
+    precedence: tuple[str, ...] = ()  # every state, strongest first: what a merge of two histories resolves to
 
     def is_legal(self, source: str, target: str) -> bool:
         return (source, target) in self.transitions
@@ -65,7 +66,7 @@ def load(kind: str) -> Machine:
             transitions[(source, t["to"])] = t["name"]
     machine = Machine(kind, block["name"], states, block["initial"], frozenset(block["terminal"]),
                       transitions, tuple(block.get("guards", ())), dict(block.get("roles", {})),
-                      tuple(block.get("immutable", ())))
+                      tuple(block.get("immutable", ())), tuple(block.get("precedence", ())))
     _check_sense(machine)
     strangers = [f for f in machine.immutable if f not in schema["properties"]]
     if strangers:
@@ -81,6 +82,9 @@ def _check_sense(m: Machine) -> None:
     leaving = sorted(frm for (frm, _) in m.transitions if frm in m.terminal)
     if leaving:
         raise LedgerError(f"schemas/{m.kind}.json: terminal state(s) {', '.join(leaving)} have transitions out")
+    if m.precedence and sorted(m.precedence) != sorted(m.states):
+        raise LedgerError(f"schemas/{m.kind}.json: precedence must name every state exactly once; it has "
+                          f"{', '.join(m.precedence)}, the states are {', '.join(m.states)}")
     from patch_ledger import guards  # guards builds on this module
 
     missing = guards.unknown(m)

@@ -15,11 +15,27 @@ def run(cwd: str, hooks: bool, force: bool, fmt: str) -> int:
     root = git.toplevel(cwd)
     planned = _hook_plan(root, force) if hooks else []  # refuse before writing anything
     created = [CONFIG] if write_config(root) else []
+    remote = _sync_remote(root)
+    if remote:
+        from patch_ledger.sync import configure_remote
+
+        if configure_remote(root, remote):
+            created.append(f"remote.{remote}.fetch for refs/ledger/patches/*")
     for source, target in planned:
         created.append(install_hook(source, target))
     emit(fmt, {"created": created, "root": str(root)},
          lambda _: "\n".join([f"created {p}" for p in created] or [f"{CONFIG} exists; nothing to do"]))
     return OK
+
+
+def _sync_remote(root: Path) -> str | None:
+    """The remote the ledger syncs with, when the repository has it (plain `git fetch` then
+    brings the ledger too)."""
+    from patch_ledger import config
+
+    wanted = config.load(root).get("sync", {}).get("remote", "origin")
+    remotes = git.run(root, "remote").stdout.decode().split()
+    return wanted if wanted in remotes else None
 
 
 def write_config(root: Path) -> bool:

@@ -97,3 +97,18 @@ def expire(cwd: str, older_than: str, actor: str | None, fmt: str) -> int:
     return OK
 
 
+
+
+def sync(cwd: str, remote: str | None, actor: str | None, fmt: str) -> int:
+    from patch_ledger import sync as syncing
+
+    root = git.toplevel(cwd)
+    report = syncing.sync(root, remote, actor_of(root, actor))
+    def text(_: Any) -> str:
+        lines = [f"ledger sync with {report.remote}: {report.fetched} new, {report.fast_forwarded} fast-forwarded, "
+                 f"{len(report.merged)} merged, {report.pushed} pushed"]
+        lines += [f"  {m.id[:12]}  {m.local} + {m.remote} -> {m.state}" for m in report.merged]
+        return "\n".join(lines)
+    emit(fmt, {"remote": report.remote, "fetched": report.fetched, "fast_forwarded": report.fast_forwarded,
+               "merged": [m._asdict() for m in report.merged], "pushed": report.pushed, "attempts": report.attempts}, text)
+    return OK
