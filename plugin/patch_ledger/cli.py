@@ -233,6 +233,16 @@ def sync(remote: str | None, actor: str | None, fmt: str) -> int:
     return command.sync(".", remote, actor, fmt)
 
 
+@cli.command("verify")
+@FORMAT
+def verify_ledger(fmt: str) -> int:
+    """Check every ledger ref: well-formed trailers, every step a legal transition, sequence
+    numbers and times monotonic, patch bytes matching their id. Exit 1 names each broken ref."""
+    from patch_ledger.commands import patch as command
+
+    return command.verify(".", fmt)
+
+
 @cli.command()
 @click.argument("patch_id", required=False, metavar="[ID]")
 @FORMAT

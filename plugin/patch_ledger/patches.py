@@ -65,8 +65,13 @@ def worktree_diff(root: Path, base: str, reverse: bool = False) -> bytes:
     ignored ones), through a scratch copy of the index: the user's index is not touched."""
     index = Path(git.run(root, "rev-parse", "--git-path", "index").stdout.decode().strip())
     index = index if index.is_absolute() else root / index
+    objects = Path(git.run(root, "rev-parse", "--git-path", "objects").stdout.decode().strip())
+    objects = objects if objects.is_absolute() else root / objects
     with tempfile.TemporaryDirectory(prefix="ledger-index-") as scratch:
-        env = {**git.clean_env(), "GIT_INDEX_FILE": os.path.join(scratch, "index")}
+        # the scratch index's new blobs go to a scratch object store: a refused intake writes nothing
+        env = {**git.clean_env(), "GIT_INDEX_FILE": os.path.join(scratch, "index"),
+               "GIT_OBJECT_DIRECTORY": os.path.join(scratch, "objects"), "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects)}
+        os.mkdir(env["GIT_OBJECT_DIRECTORY"])  # git recognises a repository by its object store
         if index.is_file():
             shutil.copyfile(index, env["GIT_INDEX_FILE"])
         git.run(root, "add", "-A", env=env)
@@ -80,6 +85,25 @@ def _commit(root: Path, rev: str | None) -> str | None:
     return commit
 
 
+_SECTION = re.compile(rb"^diff --git ", re.M)
+_BINARY = re.compile(rb"^(?:GIT binary patch|Binary files .* differ)$", re.M)
+_INDEX = re.compile(rb"^index [0-9a-f]+\.\.[0-9a-f]+", re.M)
+
+
+def unidentifiable_binary(diff: bytes) -> bool:
+    """Whether a file's binary change comes without its `index A..B` line: git's patch-id hashes
+    that line's ids for binary changes, and with none it hashes whatever it last saw."""
+    starts = [m.start() for m in _SECTION.finditer(diff)] or [0]
+    for begin, end in zip(starts, [*starts[1:], len(diff)]):
+        section = diff[begin:end]
+        binary = _BINARY.search(section)
+        if binary is not None:
+            index = _INDEX.search(section)
+            if index is None or index.start() > binary.start():
+                return True
+    return False
+
+
 def paths_of(diff: bytes, where: str) -> list[str]:
     """Every path the diff names, read with unidiff (never rewritten), or LedgerError."""
     from unidiff import PatchSet
@@ -88,7 +112,8 @@ def paths_of(diff: bytes, where: str) -> list[str]:
     try:
         files = PatchSet(diff.decode("utf-8", "surrogateescape"))
     except (UnidiffParseError, ValueError, IndexError) as e:
-        raise LedgerError(f"{where}: not a diff git can apply ({e}); record the output of `git diff --binary`") from None
+        said = " ".join(str(e).split())[:200]
+        raise LedgerError(f"{where}: not a diff git can apply ({said}); record the output of `git diff --binary`") from None
     if not len(files):
         raise LedgerError(f"{where}: no file change found; is it a diff (`git diff --binary`)?")
     paths = []
@@ -158,6 +183,8 @@ def symlink_problems(root: Path, base: str | None, paths: list[str]) -> list[str
 def check_safe(root: Path, diff: bytes, base: str | None, where: str) -> list[str]:
     """The diff's paths, once it is known to parse and to stay inside the repository."""
     paths = paths_of(diff, where)
+    if unidentifiable_binary(diff):
+        raise LedgerError(f"{where}: a binary change without its `index` line cannot be identified; record `git diff --binary --full-index`")
     problems = [p for p in map(path_problem, paths) if p] or symlink_problems(root, base, paths)
     if problems:
         raise LedgerError(f"{where}: {problems[0]}; a patch may change files inside the repository only")
@@ -177,8 +204,9 @@ def add(root: Path, source: str | None, base: str | None, task: str | None, acto
     where = source or "the working tree"
     check_safe(root, intake.diff, intake.base, where)
     ids = patch_ids(root, intake.diff)
-    if not ids:
-        raise LedgerError(f"{where}: git finds no change to identify in it; record the output of `git diff --binary`")
+    if len(ids) != 1:
+        said = "no change to identify" if not ids else f"{len(ids)} patches (a `commit` or `From` line, or text after a hunk, starts another)"
+        raise LedgerError(f"{where}: git reads {said} in it; record one diff, the output of `git diff --binary`")
     inverse = None
     if source is None and intake.base:  # the working tree's reverse diff is at hand: know the revert now
         inverse = next(iter(patch_ids(root, worktree_diff(root, intake.base, reverse=True))), (None,))[0]

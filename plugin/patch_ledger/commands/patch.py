@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from patch_ledger import git, ledger, lifecycle, patches
-from patch_ledger.errors import OK
+from patch_ledger.errors import CHECK_FAILED, OK
 from patch_ledger.report import emit
 
 
@@ -112,3 +112,14 @@ def sync(cwd: str, remote: str | None, actor: str | None, fmt: str) -> int:
     emit(fmt, {"remote": report.remote, "fetched": report.fetched, "fast_forwarded": report.fast_forwarded,
                "merged": [m._asdict() for m in report.merged], "pushed": report.pushed, "attempts": report.attempts}, text)
     return OK
+
+
+def verify(cwd: str, fmt: str) -> int:
+    from patch_ledger import integrity
+
+    root = git.toplevel(cwd)
+    problems = integrity.verify_ledger(root)
+    refs = len(git.run(root, "for-each-ref", "--format=%(refname)", ledger.PREFIX).stdout.splitlines())
+    emit(fmt, {"ok": not problems, "refs": refs, "problems": [p._asdict() for p in problems]},
+         lambda _: "\n".join(integrity.lines_by_ref(problems)) or f"ledger verify: {refs} ledger ref(s) sound")
+    return CHECK_FAILED if problems else OK

@@ -1,0 +1,253 @@
+"""`ledger verify`: the integrity of every ref of the patch ledger, read in bulk.
+
+A handful of git processes whatever the ledger's size: one `for-each-ref` lists the refs
+(its warnings name the refs git cannot read), one `cat-file --batch-check` says what each
+points at, one `git log` reads commit, parents, tree and trailers of every commit of every
+history, one `cat-file --batch` the patches' bytes, one `git patch-id --stable` their
+identities. Each history is then checked as ledger.record and ledger.move write it, and as
+sync merges two of them (docs/data-model.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple
+
+from patch_ledger import git, ledger, machine, patches
+
+
+class Problem(NamedTuple):
+    """What is wrong with one ref of the ledger, and in which commit (or object)."""
+
+    ref: str
+    commit: str | None  # the commit at fault; the ref's target for a ref-level problem; None: unreadable ref
+    message: str
+
+
+class Commit(NamedTuple):
+    parents: tuple[str, ...]
+    tree: str
+    trailers: str  # as `%(trailers:only,unfold,separator=%x1f)` gives them
+
+
+_UNREADABLE = re.compile(r"^warning: ignoring (broken ref|ref with broken name|dangling symref) (\S+)", re.M)
+_LOG_FORMAT = "--format=%H %T %P%n%(trailers:only,unfold,separator=%x1f)"
+
+
+def verify_ledger(root: Path) -> list[Problem]:
+    """Every problem of every ref under refs/ledger/patches/, by ref; empty when all is sound."""
+    targets, problems = _refs(root)
+    kinds = _kinds(root, set(targets.values()))
+    tips = {ref: oid for ref, oid in targets.items() if kinds.get(oid) == "commit"}
+    problems += [Problem(ref, oid, _not_a_commit(oid, kinds.get(oid))) for ref, oid in targets.items() if ref not in tips]
+    commits, incomplete = _commits(root, tips.values())
+    histories = {ref: _history(tip, commits) for ref, tip in tips.items() if tip not in incomplete}
+    problems += [Problem(ref, tip, incomplete[tip]) for ref, tip in tips.items() if tip in incomplete]
+    for ref, history in histories.items():
+        problems += _history_problems(ref, history)
+    problems += _bytes_problems(root, histories)
+    order = {ref: i for i, ref in enumerate(sorted({p.ref for p in problems}))}
+    return sorted(problems, key=lambda p: order[p.ref])  # stable: a ref's own problems stay oldest first
+
+
+def lines_by_ref(problems: Iterable[Problem]) -> list[str]:
+    """One line a broken ref, as `ledger verify` prints them: its first problem, and how many more."""
+    grouped: dict[str, list[Problem]] = {}
+    for p in problems:
+        grouped.setdefault(p.ref, []).append(p)
+    return [f"{ref}: {ps[0].message}" + (f" (and {len(ps) - 1} more)" if len(ps) > 1 else "") for ref, ps in grouped.items()]
+
+
+# --- reading, in bulk -------------------------------------------------------------------
+
+
+def _refs(root: Path) -> tuple[dict[str, str], list[Problem]]:
+    """ref -> the object it names; git skips the refs it cannot read, with a warning each."""
+    env = {**os.environ, "LC_ALL": "C"}  # the warnings are read: untranslated
+    proc = git.run(root, "for-each-ref", "--format=%(refname)%00%(objectname)", ledger.PREFIX, env=env)
+    targets = dict(line.split("\0", 1) for line in proc.stdout.decode("utf-8", "surrogateescape").splitlines() if "\0" in line)
+    unreadable = [Problem(ref, None, f"git cannot read it ({what}), nor delete it: remove the file .git/{ref}")
+                  for what, ref in _UNREADABLE.findall(proc.stderr.decode("utf-8", "replace"))
+                  if ref.startswith(ledger.PREFIX)]
+    return targets, unreadable
+
+
+def _kinds(root: Path, oids: set[str]) -> dict[str, str]:
+    """object id -> its type ("missing" when the repository lacks it)."""
+    if not oids:
+        return {}
+    out = git.run(root, "cat-file", "--batch-check=%(objectname) %(objecttype)", input="".join(o + "\n" for o in oids).encode())
+    return dict(line.split(" ", 1) for line in out.stdout.decode().splitlines() if " " in line)
+
+
+def _not_a_commit(oid: str, kind: str | None) -> str:
+    if kind in (None, "missing"):
+        return f"points at {oid}, an object the repository does not have; restore it from a clone or delete the ref"
+    return f"points at a {kind} ({oid}), not a ledger commit; delete the ref or restore it from a clone"
+
+
+def _commits(root: Path, tips: Iterable[str]) -> tuple[dict[str, Commit], dict[str, str]]:
+    """Every commit of every history, from one `git log`; and the tips whose history git
+    cannot walk (a missing parent), each with git's words, found one by one only then."""
+    tips = sorted(set(tips))
+    if not tips:
+        return {}, {}
+    proc = git.run(root, "log", "-z", "--stdin", _LOG_FORMAT, input="".join(t + "\n" for t in tips).encode(), check=False)
+    if proc.returncode == 0:
+        return _parse_log(proc.stdout), {}
+    commits: dict[str, Commit] = {}
+    incomplete = {}
+    for tip in tips:
+        one = git.run(root, "log", "-z", _LOG_FORMAT, tip, "--", check=False)
+        if one.returncode:
+            said = (one.stderr.decode("utf-8", "replace").strip().splitlines() or ["git log failed"])[-1]
+            incomplete[tip] = f"its history cannot be read ({said}); restore the missing objects from a clone"
+        commits.update(_parse_log(one.stdout))
+    return commits, incomplete
+
+
+def _parse_log(out: bytes) -> dict[str, Commit]:
+    commits = {}
+    for record in out.decode("utf-8", "replace").split("\0"):
+        head, _, trailers = record.strip("\n").partition("\n")
+        fields = head.split()
+        if len(fields) >= 2:
+            commits[fields[0]] = Commit(tuple(fields[2:]), fields[1], trailers)
+    return commits
+
+
+def _history(tip: str, commits: dict[str, Commit]) -> dict[str, Commit]:
+    """The commits reachable from `tip`, parents before children (oldest first)."""
+    done: dict[str, Commit] = {}
+    stack = [(tip, False)]
+    while stack:
+        oid, expanded = stack.pop()
+        if oid in done:
+            continue
+        if expanded:
+            done[oid] = commits[oid]
+            continue
+        stack.append((oid, True))
+        stack += [(p, False) for p in reversed(commits[oid].parents) if p not in done]
+    return done
+
+
+# --- the rules --------------------------------------------------------------------------
+
+
+def _history_problems(ref: str, history: dict[str, Commit]) -> Iterator[Problem]:
+    name = ref[len(ledger.PREFIX):]
+    steps: dict[str, ledger.Patch] = {}
+    for oid, c in history.items():
+        try:
+            steps[oid] = ledger.parse_block(c.trailers, oid, c.tree)
+        except ValueError as e:
+            yield Problem(ref, oid, f"commit {oid[:12]}: {e}")
+            continue
+        if steps[oid].id != name:
+            yield Problem(ref, oid, f"commit {oid[:12]} records patch {steps[oid].id}, not the one the ref's name says")
+        if len(c.parents) > 2:
+            yield Problem(ref, oid, f"commit {oid[:12]} has {len(c.parents)} parents; a ledger merge joins two histories")
+        elif all(p in steps for p in c.parents):  # a parent that does not parse is reported as itself
+            for why in _step_problems(steps[oid], [steps[p] for p in c.parents]):
+                yield Problem(ref, oid, f"commit {oid[:12]}: {why}")
+    first = next(iter(history.values())).tree
+    yield from (Problem(ref, oid, f"commit {oid[:12]} has tree {c.tree[:12]}, not the first commit's {first[:12]}; "
+                        "every transition keeps the patch's bytes") for oid, c in history.items() if c.tree != first)
+
+
+def _step_problems(step: ledger.Patch, parents: list[ledger.Patch]) -> Iterator[str]:
+    """What is wrong with one commit given its parents' states: a first entry, a transition, or a merge."""
+    m = machine.load("patch")
+    if not parents:
+        if step.source is not None or step.state != m.initial or step.seq != 1:
+            yield (f"a first commit enters {m.initial} from nothing at seq 1, this one {step.source or 'nothing'} -> "
+                   f"{step.state} at seq {step.seq}")
+        return
+    if len(parents) == 1:
+        before = parents[0]
+        if step.source != before.state:
+            yield f"starts from {step.source or 'nothing'} but its parent is {before.state}"
+        elif not m.is_legal(before.state, step.state):
+            allowed = ", ".join(m.targets(before.state)) or "nothing: it is final"
+            yield f"{before.state} -> {step.state} is not a Patch transition (from {before.state}: {allowed})"
+    elif step.state not in {p.state for p in parents}:
+        yield f"a merge of {' and '.join(p.state for p in parents)} resolves to {step.state}, which neither side holds"
+    if step.seq != max(p.seq for p in parents) + 1:
+        yield f"seq {step.seq} follows seq {max(p.seq for p in parents)}; each commit counts one up"
+    latest = max(parents, key=lambda p: machine.time_key(p.at))
+    if machine.time_key(step.at) < machine.time_key(latest.at):
+        yield f"Ledger-At {step.at} is earlier than its parent's {latest.at}; time never goes back"
+
+
+def _bytes_problems(root: Path, histories: dict[str, dict[str, Commit]]) -> list[Problem]:
+    """The first commit's patch.diff of each ref: exactly that one file in its tree, and bytes
+    whose `git patch-id --stable` is the ref's name. One read and one patch-id for all."""
+    firsts = {ref: next(iter(h.items())) for ref, h in histories.items()}
+    trees = sorted({c.tree for _, c in firsts.values()})
+    blobs = git.read_blobs(root, [f"{t}:{ledger.PATCH_FILE}" for t in trees], patches.MAX_DIFF_BYTES)
+    data = {t: blobs[f"{t}:{ledger.PATCH_FILE}"] for t in trees}
+    ids = _patch_ids(root, {t: d for t, d in data.items() if isinstance(d, bytes) and _holds_only(t, d)})
+    problems = []
+    for ref, (oid, c) in firsts.items():
+        why = _bytes_problem(ref[len(ledger.PREFIX):], c.tree, data[c.tree], ids.get(c.tree, []))
+        if why:
+            problems.append(Problem(ref, oid, f"commit {oid[:12]}: {why}"))
+    return problems
+
+
+def _bytes_problem(name: str, tree: str, data: bytes | int | None, ids: list[str]) -> str | None:
+    if data is None:
+        return f"its tree {tree[:12]} holds no {ledger.PATCH_FILE}; the patch's bytes are lost"
+    if isinstance(data, int):
+        return f"{ledger.PATCH_FILE} is {data} bytes, over the {patches.MAX_DIFF_BYTES}-byte limit of a patch"
+    if not _holds_only(tree, data):
+        return f"its tree {tree[:12]} holds more than the one file {ledger.PATCH_FILE} (mode 100644) the ledger writes"
+    if patches.unidentifiable_binary(data):
+        return (f"{ledger.PATCH_FILE} has a binary change before any `index A..B` line, for which `git patch-id` "
+                "hashes uninitialised memory: its id cannot be reproduced")
+    if not ids:
+        return f"{ledger.PATCH_FILE} has no patch id: git finds no diff in it"
+    if len(ids) > 1:
+        return f"`git patch-id` splits {ledger.PATCH_FILE} into {len(ids)} patches; its id covers only the first"
+    if ids[0] != name:
+        return f"{ledger.PATCH_FILE} has patch id {ids[0]}, not the ref's; the bytes were changed"
+    return None
+
+
+def _holds_only(tree: str, data: bytes) -> bool:
+    """Whether `tree` is exactly what ledger.store_diffs makes of `data`: recomputed, not read."""
+    algo = hashlib.sha1 if len(tree) == 40 else hashlib.sha256
+    blob = algo(b"blob %d\0" % len(data) + data).digest()
+    entry = b"100644 " + ledger.PATCH_FILE.encode() + b"\0" + blob
+    return algo(b"tree %d\0" % len(entry) + entry).hexdigest() == tree
+
+
+# A patch after each diff, behind a `commit` line of a random id: whatever the diff's bytes do
+# to git's parser (a stray line splits a patch; a `commit <id>` line starts one), its ids end
+# where that fence's id appears, and bytes cannot imitate a fence they never saw.
+_FENCE = b"diff --git a/fence b/fence\n--- a/fence\n+++ b/fence\n@@ -1 +1 @@\n-a\n+b\n"
+
+
+def _patch_ids(root: Path, diffs: dict[str, bytes]) -> dict[str, list[str]]:
+    """key -> the ids `git patch-id --stable` gives its bytes alone (one run for all): one for
+    a diff, more when git reads several patches in it, none when it finds no diff."""
+    if not diffs:
+        return {}
+    width = len(next(iter(diffs)))
+    fences = {secrets.token_hex(width // 2): key for key in diffs}
+    stream = b"".join(b"commit %s\n%s%scommit %s\n%s" % (b"0" * width, diffs[key], b"" if diffs[key].endswith(b"\n") else b"\n",
+                                                          fence.encode(), _FENCE)
+                      for fence, key in fences.items())
+    found: dict[str, list[str]] = {}
+    pending: list[str] = []
+    for pid, mark in patches.patch_ids(root, stream):
+        if mark in fences:
+            found[fences[mark]], pending = pending, []
+        else:
+            pending.append(pid)
+    return found
