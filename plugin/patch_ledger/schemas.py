@@ -39,7 +39,14 @@ def names() -> list[str]:
 
 def _by_uri(uri: str) -> dict[str, Any]:
     name = uri.split("#", 1)[0].rsplit("/", 1)[-1].removesuffix(".json")
-    return load(name)
+    return _private(name)
+
+
+def _private(name: str) -> dict[str, Any]:
+    """A copy for fastjsonschema, whose resolver rewrites every `$ref` in place."""
+    import copy
+
+    return copy.deepcopy(load(name))
 
 
 def digest() -> str:
@@ -56,7 +63,7 @@ def compiled_source(name: str) -> str:
     """Python source of a validator for schema `name` (see patch_ledger.validators)."""
     import fastjsonschema
 
-    return fastjsonschema.compile_to_code(load(name), handlers={"https": _by_uri}, use_default=False)
+    return fastjsonschema.compile_to_code(_private(name), handlers={"https": _by_uri}, use_default=False)
 
 
 @lru_cache(maxsize=None)
@@ -67,7 +74,7 @@ def _fast(name: str) -> Callable[[Any], Any]:
         return VALIDATORS[name]  # type: ignore[no-any-return]
     import fastjsonschema  # a schema without a generated validator yet: compile it now
 
-    return fastjsonschema.compile(load(name), handlers={"https": _by_uri}, use_default=False)
+    return fastjsonschema.compile(_private(name), handlers={"https": _by_uri}, use_default=False)
 
 
 def is_valid(name: str, document: Any) -> bool:
