@@ -21,17 +21,19 @@ def test_demo_accepts_the_valid_and_refuses_the_invalid(tmp_path: Path) -> None:
     assert report["ok"] is True
     assert [s["got"] for s in report["steps"]] == ["accepted"] * 2 + ["refused"] * 6
     assert all(s["expected"] == s["got"] for s in report["steps"])
+    assert [a["got"] for a in report["ledger"]] == ["PENDING PENDING", "PENDING", "VERIFIED", "REJECTED", "APPLIED", "ROLLED_BACK", "sound"]
+    assert ledger(target, "verify").returncode == 0
     # the kept repository is sound, and its history holds the two accepted commits
     assert ledger(target, "check").returncode == 0
-    log = subprocess.run(["git", "-C", str(target), "log", "--oneline"], capture_output=True, text=True).stdout
-    assert len(log.splitlines()) == 2
+    log = subprocess.run(["git", "-C", str(target), "log", "--format=%s"], capture_output=True, text=True).stdout.splitlines()
+    assert len(log) == 4 and log[1] == "add subtract()" and log[0].startswith("Revert")  # 2 checked commits, the patch, its revert
     assert (target / "tests" / "test_calc.py").is_file()
 
 
 def test_demo_text_shows_each_refusal_with_its_location(tmp_path: Path) -> None:
     proc = ledger(tmp_path, "demo", "--dir", str(tmp_path / "d"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "2 commit(s) accepted, 6 refused, as expected." in proc.stdout
+    assert "2 commit(s) accepted, 6 refused." in proc.stdout and "Everything as expected." in proc.stdout
     assert "tasks/write-code.json:8:17: task dependency cycle: write-code -> write-docs -> write-code" in proc.stdout
 
 

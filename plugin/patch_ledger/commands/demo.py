@@ -35,11 +35,15 @@ class Outcome(NamedTuple):
 
 
 def run(directory: str | None, fmt: str) -> int:
+    from patch_ledger.commands import demo_ledger
+
     root = _prepare(directory)
     outcomes = [_attempt(root, step) for step in STEPS]
-    ok = all(o.expected == o.got for o in outcomes)
-    emit(fmt, {"repository": str(root), "ok": ok, "steps": [o._asdict() for o in outcomes]},
-         lambda _: _text(root, outcomes, ok))
+    acts = demo_ledger.play(root)
+    ok = all(o.expected == o.got for o in outcomes) and all(a.expected == a.got for a in acts)
+    emit(fmt, {"repository": str(root), "ok": ok, "steps": [o._asdict() for o in outcomes],
+               "ledger": [a._asdict() for a in acts]},
+         lambda _: _text(root, outcomes, acts, ok))
     return OK if ok else CHECK_FAILED
 
 
@@ -148,15 +152,21 @@ STEPS = (
 )
 
 
-def _text(root: Path, outcomes: list[Outcome], ok: bool) -> str:
-    lines = [f"ledger demo: a repository at {root}, with the pre-commit hook installed", ""]
+def _text(root: Path, outcomes: list[Outcome], acts: list[Any], ok: bool) -> str:
+    lines = [f"ledger demo: a repository at {root}, with the pre-commit hook installed", "",
+             "The checker, on every commit:"]
     for i, o in enumerate(outcomes, 1):
         mark = "ok" if o.expected == o.got else "UNEXPECTED"
         lines.append(f"{i}. {o.title}: commit {o.got} [{mark}]")
         if o.got == "refused":
             lines += [f"     {line}" for line in o.output if line.startswith(".ledger/")][:3]
     accepted = sum(o.got == "accepted" for o in outcomes)
-    verdict = "as expected" if ok else "NOT as expected"
-    lines += ["", f"{accepted} commit(s) accepted, {len(outcomes) - accepted} refused, {verdict}.",
-              f"Look around: cd {root} && git log --stat && ledger status && ledger check"]
+    lines += [f"   {accepted} commit(s) accepted, {len(outcomes) - accepted} refused.", "", "The patch ledger, in refs/ledger/patches/:"]
+    for i, a in enumerate(acts, len(outcomes) + 1):
+        mark = "ok" if a.expected == a.got else f"UNEXPECTED, expected {a.expected}"
+        lines.append(f"{i}. {a.title}: {a.got} [{mark}]")
+        if a.detail:
+            lines.append(f"     {a.detail}")
+    verdict = "Everything as expected." if ok else "NOT as expected."
+    lines += ["", verdict, f"Look around: cd {root} && ledger status && ledger log && ledger check && git log --oneline"]
     return "\n".join(lines)
