@@ -159,9 +159,10 @@ def _split(raw: str) -> list[tuple[str, str]]:
 _FORMAT = "%(refname)%00%(objectname)%00%(*objecttype)%(objecttype)%00%(tree)%00%(trailers:only,unfold,separator=%x1f)"
 
 
-def read_all(root: Path, pattern: str = PREFIX) -> tuple[dict[str, Patch], list[Broken]]:
-    """Every patch of the ledger (one `for-each-ref`), and the refs that hold no ledger commit."""
-    out = git.run(root, "for-each-ref", f"--format={_FORMAT}", pattern).stdout.decode("utf-8", "replace")
+def read_all(root: Path, *patterns: str) -> tuple[dict[str, Patch], list[Broken]]:
+    """Every patch of the ledger (one `for-each-ref`; or the refs matching `patterns`), and
+    the refs that hold no ledger commit."""
+    out = git.run(root, "for-each-ref", f"--format={_FORMAT}", *(patterns or (PREFIX,))).stdout.decode("utf-8", "replace")
     patches: dict[str, Patch] = {}
     broken: list[Broken] = []
     for line in out.splitlines():
@@ -200,6 +201,17 @@ def resolve(patches: Mapping[str, Patch], given: str) -> Patch:
     return found[0]
 
 
+def find(root: Path, given: str) -> Patch:
+    """The patch whose id starts with `given`, reading only the refs that could match."""
+    wanted = given.strip().lower()
+    if not PREFIX_OF_ID.match(wanted):
+        raise LedgerError(f"{given!r} is not a patch id; ids are hexadecimal (at least 4 digits of one)")
+    patches, broken = read_all(root, f"{PREFIX}{wanted}*")
+    if broken:
+        raise LedgerError(f"{broken[0].ref}: {broken[0].reason}; `ledger verify` lists every broken ref")
+    return resolve(patches, wanted)
+
+
 def history(root: Path, patch: Patch) -> list[Patch]:
     """Every transition of `patch`, oldest first (both sides of a merged history)."""
     out = git.run(root, "log", "--topo-order", "--reverse", "--format=%H%x00%T%x00%(trailers:only,unfold,separator=%x1f)%x1e",
@@ -230,35 +242,50 @@ def write_commit(root: Path, tree: str, parents: Iterable[str], fields: Mapping[
     return git.hash_objects(root, "commit", [commit_object(tree, parents, fields)])[0]
 
 
-def diff_listing(blob: str) -> str:
-    return f"100644 blob {blob}\t{PATCH_FILE}\n"
+def tree_object(blob: str) -> bytes:
+    """The tree of a patch: one entry, `patch.diff`, a regular file."""
+    return b"100644 " + PATCH_FILE.encode() + b"\0" + bytes.fromhex(blob)
 
 
 def store_diffs(root: Path, diffs: Sequence[bytes]) -> list[str]:
     """The trees holding each diff as patch.diff (objects written, nothing referenced yet)."""
-    blobs = git.hash_objects(root, "blob", diffs)
-    return git.make_trees(root, [diff_listing(b) for b in blobs])
+    return git.hash_objects(root, "tree", [tree_object(b) for b in git.hash_objects(root, "blob", diffs)])
+
+
+class Locked(LedgerError):
+    """A ref's lock file is held: by a writer at work, or left by one that was killed."""
+
+
+LOCK_WAIT_SECONDS = 2.0  # a live writer holds a ref's lock for milliseconds
 
 
 def swap(root: Path, updates: Sequence[tuple[str, str, str | None]]) -> bool:
     """Move every (ref, new, expected old; None: must not exist) at once, or none: False when
-    another writer moved one first. Reflogs are kept for every ledger ref."""
+    another writer moved one first. Reflogs are kept for every ledger ref. A lock that stays
+    held is named (Locked): retrying cannot help when a killed writer left it."""
     zero = "0" * len(updates[0][1])
     lines = ["start", *(f"update {ref} {new} {old or zero}" for ref, new, old in updates), "prepare", "commit", ""]
-    proc = git.run(root, "update-ref", "--create-reflog", "--stdin", input="\n".join(lines).encode(), check=False)
-    if proc.returncode == 0:
-        return True
-    err = proc.stderr.decode(errors="replace")
-    if "cannot lock ref" in err or "expected" in err or "File exists" in err or "reference already exists" in err:
-        return False
-    raise LedgerError(f"git update-ref failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        proc = git.run(root, "update-ref", "--create-reflog", "--stdin", input="\n".join(lines).encode(), check=False)
+        if proc.returncode == 0:
+            return True
+        err = proc.stderr.decode(errors="replace")
+        lock = re.search(r"Unable to create '([^']+\.lock)': File exists", err)
+        if lock is None:
+            if "cannot lock ref" in err or "reference already exists" in err:
+                return False  # another writer moved it first
+            raise LedgerError(f"git update-ref failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
+        if time.monotonic() > deadline:
+            raise Locked(f"{lock.group(1)} is held; if no git or ledger process is running (a writer was killed), remove it")
+        time.sleep(0.02)
 
 
 def record(root: Path, new: Sequence[tuple[str, bytes, Mapping[str, Any]]]) -> list[tuple[Patch, bool]]:
     """Record patches (id, diff bytes, fields) as PENDING, all with a handful of git processes;
     each comes back with False when it was in the ledger already (the same content)."""
-    existing, _ = read_all(root)
-    fresh = [(i, diff, fields) for i, diff, fields in dict((n[0], n) for n in new).values() if i not in existing]
+    known = ids_in_ledger(root)
+    fresh = [(i, diff, fields) for i, diff, fields in dict((n[0], n) for n in new).values() if i not in known]
     ours: dict[str, str] = {}
     if fresh:
         trees = store_diffs(root, [diff for _, diff, _ in fresh])
@@ -270,8 +297,26 @@ def record(root: Path, new: Sequence[tuple[str, bytes, Mapping[str, Any]]]) -> l
         if not swap(root, updates):  # someone recorded one of them meanwhile: one at a time then
             for update in updates:
                 swap(root, [update])
-        existing, _ = read_all(root)
+    existing = read_ids(root, [i for i, _, _ in new])
     return [(existing[i], existing[i].tip == ours.get(i)) for i, _, _ in new]
+
+
+def ids_in_ledger(root: Path) -> set[str]:
+    """The ids of every patch, by the refs' names alone (no trailer read)."""
+    out = git.run(root, "for-each-ref", "--format=%(refname:lstrip=3)", PREFIX).stdout.decode()
+    return set(out.split())
+
+
+def read_ids(root: Path, ids: Sequence[str]) -> dict[str, Patch]:
+    """The patches of these ids (one for-each-ref of exactly their refs)."""
+    wanted = list(dict.fromkeys(ids))
+    found: dict[str, Patch] = {}
+    for start in range(0, len(wanted), 2000):  # keep the command line well under its limit
+        patches, broken = read_all(root, *(PREFIX + i for i in wanted[start:start + 2000]))
+        if broken:
+            raise LedgerError(f"{broken[0].ref}: {broken[0].reason}; `ledger verify` lists every broken ref")
+        found.update(patches)
+    return found
 
 
 class Step(NamedTuple):
@@ -302,14 +347,24 @@ def move_many(root: Path, steps: Sequence[Step]) -> list[Patch]:
     """Many steps of different patches in one transaction: every commit written by one git
     process, every ref swapped by one `update-ref --stdin`. When another writer moved one of
     them first, each step is retried on its own (`move`)."""
+    if not steps:
+        return []
     if len({s.patch.id for s in steps}) != len(steps):
         raise LedgerError("one patch twice in one batch; give each patch one step")
     values = [_next(s.patch, s.to, s.actor, s.reason, {}) for s in steps]
     tips = git.hash_objects(root, "commit", [commit_object(s.patch.tree, [s.patch.tip], v) for s, v in zip(steps, values)])
     if swap(root, [(s.patch.ref, tip, s.patch.tip) for s, tip in zip(steps, tips)]):
         return [_moved(v, tip) for v, tip in zip(values, tips)]
-    current, _ = read_all(root)
-    return [move(root, current.get(s.patch.id, s.patch), s.to, s.actor, s.reason) for s in steps]
+    current = read_ids(root, [s.patch.id for s in steps])
+    moved, refused = [], []
+    for s in steps:  # each on its own now: every legal one is made, whatever the others do
+        try:
+            moved.append(move(root, current.get(s.patch.id, s.patch), s.to, s.actor, s.reason))
+        except LedgerError as e:
+            refused.append(f"{s.patch.id[:12]}: {e}")
+    if refused:
+        raise LedgerError(f"{len(refused)} of {len(steps)} steps refused (the others were made): {refused[0]}")
+    return moved
 
 
 def move(root: Path, patch: Patch, to: str, actor: str, reason: str = "", **fields: Any) -> Patch:

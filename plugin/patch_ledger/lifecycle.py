@@ -24,9 +24,8 @@ def release(root: Path, given: str, actor: str, reason: str) -> ledger.Patch:
 
 
 def supersede(root: Path, old: str, new: str, actor: str, reason: str) -> ledger.Patch:
-    patches = ledger.read_sound(root)
-    replacement = ledger.resolve(patches, new)
-    target = ledger.resolve(patches, old)
+    replacement = ledger.find(root, new)
+    target = ledger.find(root, old)
     if replacement.id == target.id:
         raise LedgerError(f"patch {target.id[:12]} cannot supersede itself")
     return ledger.move(root, target, "SUPERSEDED", actor, reason or f"superseded by {replacement.id}",
@@ -36,7 +35,7 @@ def supersede(root: Path, old: str, new: str, actor: str, reason: str) -> ledger
 def verify(root: Path, given: str, actor: str) -> ledger.Patch:
     """APPLIED -> VERIFIED when every required gate of the configuration PASSED for the
     patch, otherwise QUARANTINED naming the gates that did not."""
-    patch = ledger.resolve(ledger.read_sound(root), given)
+    patch = ledger.find(root, given)
     if patch.state != "APPLIED":
         raise LedgerError(f"patch {patch.id[:12]} is {patch.state}; only an APPLIED patch is verified")
     missing = [g for g in config.required_gates(config.load(root)) if patch.gates.get(g) != "PASSED"]
@@ -63,4 +62,4 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _move(root: Path, given: str, to: str, actor: str, reason: str) -> ledger.Patch:
-    return ledger.move(root, ledger.resolve(ledger.read_sound(root), given), to, actor, reason)
+    return ledger.move(root, ledger.find(root, given), to, actor, reason)

@@ -185,10 +185,17 @@ def check_safe(root: Path, diff: bytes, base: str | None, where: str) -> list[st
     paths = paths_of(diff, where)
     if unidentifiable_binary(diff):
         raise LedgerError(f"{where}: a binary change without its `index` line cannot be identified; record `git diff --binary --full-index`")
-    problems = [p for p in map(path_problem, paths) if p] or symlink_problems(root, base, paths)
+    _check_paths(paths, where)
+    links = symlink_problems(root, base, paths)
+    if links:
+        raise LedgerError(f"{where}: {links[0]}; a patch may change files inside the repository only")
+    return paths
+
+
+def _check_paths(paths: list[str], where: str) -> None:
+    problems = [p for p in map(path_problem, paths) if p]
     if problems:
         raise LedgerError(f"{where}: {problems[0]}; a patch may change files inside the repository only")
-    return paths
 
 
 def patch_ids(root: Path, stream: bytes) -> list[tuple[str, str]]:
@@ -231,11 +238,15 @@ def record_range(root: Path, revrange: str, actor: str | None) -> tuple[list[Rec
     ids = dict((c, p) for p, c in patch_ids(root, b"".join(b"commit " + c.encode() + b"\n" + diffs[c] for c in diffs)))
     reverse = _diffs(root, revrange, reverse=True)
     inverse = dict((c, p) for p, c in patch_ids(root, b"".join(b"commit " + c.encode() + b"\n" + reverse[c] for c in reverse)))
+    known = ledger.ids_in_ledger(root)
     new, sources = [], []
     for commit, parent, author, subject in commits:
         if commit not in ids:
             continue  # git sees no change (an empty commit): nothing to record
-        check_safe(root, diffs[commit], parent, f"commit {commit[:12]}")
+        if ids[commit] not in known:
+            # A commit's paths come from a git tree, which cannot hold a path through a
+            # symlink: the path checks suffice, without one ls-tree a commit.
+            _check_paths(paths_of(diffs[commit], f"commit {commit[:12]}"), f"commit {commit[:12]}")
         new.append((ids[commit], diffs[commit], {
             "base": parent, "actor": actor or author, "message": subject, "inverse": inverse.get(commit),
             "reason": f"recorded from commit {commit}"}))
@@ -269,8 +280,8 @@ def _diffs(root: Path, revrange: str, reverse: bool) -> dict[str, bytes]:
 
 
 def _roll_back_reverted(root: Path, recorded: list[Recorded]) -> list[ledger.Patch]:
-    patches = ledger.read_sound(root)
-    live = {p.inverse: p for p in patches.values() if p.inverse and p.state in ("APPLIED", "VERIFIED", "QUARANTINED")}
+    live_states = {s for s in machine.load("patch").states if machine.load("patch").is_legal(s, "ROLLED_BACK")}
+    live = {p.inverse: p for p in ledger.read_sound(root).values() if p.inverse and p.state in live_states}
     rolled = []
     for r in recorded:
         target = live.pop(r.patch.id, None)

@@ -189,7 +189,7 @@ def _record(root: Path, patch: ledger.Patch, to: str, actor: str, reason: str, c
 def _patch_for(root: Path, given: str, transition: str, done: str, also: Sequence[str] = ()) -> ledger.Patch:
     """The patch `given` names, when the machine's `transition` starts from its state
     (checked before anything touches git, so a refusal writes nothing)."""
-    patch = ledger.resolve(ledger.read_sound(root), given)
+    patch = ledger.find(root, given)
     sources = [s for (s, _), name in machine.load("patch").transitions.items() if name == transition]
     if patch.state not in (*sources, *also):
         raise LedgerError(f"patch {patch.id[:12]} is {patch.state}; only a {' or '.join(sources)} patch can be {done}")

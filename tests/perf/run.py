@@ -1,13 +1,15 @@
-"""Benchmark of `ledger check` against check-jsonschema (the peer), side by side in one run.
+"""The benchmark, side by side in one run: `ledger check` against check-jsonschema (the peer),
+and the patch ledger's commands against their floors (tests/perf/ledger_cases.py).
 
-    python tests/perf/run.py
+    python tests/perf/run.py [check] [ledger]      # both groups when none is named
 
-Builds real git repositories in a temporary directory, commits a base version of a run's
-state files, changes them, and times each command from process start to exit, ours and the
-peer's interleaved so that drift in the machine hits both. The peer validates the same task
-files against a self-contained bundle of schemas/task.json (it cannot fetch our `$ref`s'
-host); ours also checks the state machines, the transition from HEAD and the whole run.
-Prints medians and ratios; never asserts a time (see tests/perf/README.md).
+Builds real git repositories in a temporary directory and times each command from process
+start to exit, ours and the peer's (or the floor's) interleaved so that drift in the machine
+hits both. For `ledger check`: a run's state files are committed, then changed; the peer
+validates the same task files against a self-contained bundle of schemas/task.json (it
+cannot fetch our `$ref`s' host); ours also checks the state machines, the transition from
+HEAD and the whole run. Prints one table of medians and ratios; never asserts a time (see
+tests/perf/README.md).
 """
 
 from __future__ import annotations
@@ -17,17 +19,17 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "plugin")]  # tests.builders; patch_ledger even when not installed
 
+import ledger_cases  # noqa: E402  (beside this file)
+from bench import Case, Row, Target, git, git_env, measure, print_table  # noqa: E402
 from patch_ledger import machine, schemas  # noqa: E402
 from tests.builders import stamp, walk  # noqa: E402
 
@@ -47,15 +49,6 @@ WALKS = (
     (("QUEUED", "RUNNING", "RETRYING", "QUEUED", "RUNNING"), "FAILED"),
     (("QUEUED", "RUNNING", "VALIDATING", "RETRYING"), "QUEUED"),
 )
-
-
-class Case(NamedTuple):
-    name: str
-    cwd: Path
-    ours: list[str]
-    peer: list[str]
-    rounds: int
-    target: float | None  # ours / peer at most this; None: shown for information
 
 
 # ---------------------------------------------------------------- documents
@@ -109,20 +102,6 @@ def run_files(tasks: list[dict[str, Any]], n_ws: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- repositories
-
-def git_env(home: Path) -> dict[str, str]:
-    # Both tools run as installed tools do, from cached bytecode: a PYTHONDONTWRITEBYTECODE
-    # left in the shell would make the editable install recompile every module every run,
-    # while the peer, installed by pip, has its bytecode already.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(HOME=str(home), GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="Bench", GIT_AUTHOR_EMAIL="bench@example.com",
-               GIT_COMMITTER_NAME="Bench", GIT_COMMITTER_EMAIL="bench@example.com")
-    return env
-
-
-def git(repo: Path, env: dict[str, str], *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
-
 
 def write_all(repo: Path, files: dict[str, Any]) -> None:
     for rel, doc in files.items():
@@ -199,82 +178,42 @@ def peer_exit(env: dict[str, str], schema: Path, path: Path) -> int:
     return subprocess.run([str(PEER), "--schemafile", str(schema), str(path)], capture_output=True, env=env).returncode
 
 
-# ---------------------------------------------------------------- timing
-
-def confirm_ours(case: Case, env: dict[str, str]) -> bool:
-    proc = subprocess.run(case.ours, cwd=case.cwd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
-        print(f"bench: {case.name}: ledger exited {proc.returncode}, not 0; its time means nothing:\n{tail}")
-        return False
-    peer = subprocess.run(case.peer, cwd=case.cwd, capture_output=True, env=env).returncode
-    if peer != 0:
-        print(f"bench: {case.name}: check-jsonschema exited {peer}, not 0")
-        return False
-    return True
-
-
-def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - start
-
-
-def measure(case: Case, env: dict[str, str]) -> tuple[float, float]:
-    """Median seconds of ours and the peer's, interleaved and alternating who goes first."""
-    ours, peer = [], []
-    for i in range(case.rounds):
-        pair = ((case.ours, ours), (case.peer, peer))
-        for argv, times in pair if i % 2 == 0 else pair[::-1]:
-            times.append(timed(argv, case.cwd, env))
-    return statistics.median(ours), statistics.median(peer)
-
-
-def print_table(rows: list[tuple[Case, float, float, bool]]) -> None:
-    header = ("case", "ours (s)", "check-jsonschema (s)", "ratio", "target")
-    lines = [header]
-    for case, ours, peer, sound in rows:
-        ratio = ours / peer
-        if case.target is None:
-            target = "(info)"
-        else:
-            target = f"<= {case.target:.2f} " + ("met" if ratio <= case.target else "MISSED")
-        name = case.name if sound else case.name + " [ledger did not exit 0]"
-        lines.append((name, f"{ours:.3f}", f"{peer:.3f}", f"{ratio:.2f}x", target))
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    for n, row in enumerate(lines):
-        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if n == 0:
-            print("-+-".join("-" * w for w in widths))
-
-
-def cases(tmp: Path, env: dict[str, str], schema: Path) -> list[Case]:
+def check_rows(tmp: Path, env: dict[str, str]) -> list[Row]:
+    schema = tmp / "task.bundled.json"
+    schema.write_text(json.dumps(bundled_task_schema(), indent=2) + "\n")
     small, big = tmp / "small", tmp / "big"
     small_paths = build_repo(small, env, SMALL_TASKS, SMALL_WORKSTREAMS, range(0, 1))
     big_paths = build_repo(big, env, BIG_TASKS, BIG_WORKSTREAMS, range(BIG_TASKS))
     confirm_peer(tmp, env, schema, small / small_paths[0])
     peer = [str(PEER), "--schemafile", str(schema)]
-    return [
-        Case(f"(a) 1 changed task, `ledger check FILE` (run of {SMALL_TASKS})", small,
-             [str(LEDGER), "check", small_paths[0]], [*peer, small_paths[0]], ROUNDS_ONE, 0.5),
+    cases = [
+        Case(f"(a) 1 changed task, `ledger check FILE` (run of {SMALL_TASKS}) / check-jsonschema", small,
+             [str(LEDGER), "check", small_paths[0]], [*peer, small_paths[0]], ROUNDS_ONE, Target(0.5)),
         Case(f"(a) same, inside the run of {BIG_TASKS} (all changed)", big,
              [str(LEDGER), "check", big_paths[0]], [*peer, big_paths[0]], ROUNDS_ONE, None),
-        Case(f"(b) {BIG_TASKS} changed tasks, `ledger check` (whole run)", big,
-             [str(LEDGER), "check"], [*peer, *big_paths], ROUNDS_MANY, 0.6),
+        Case(f"(b) {BIG_TASKS} changed tasks, `ledger check` (whole run) / check-jsonschema", big,
+             [str(LEDGER), "check"], [*peer, *big_paths], ROUNDS_MANY, Target(0.6)),
     ]
+    return [measure(case, env) for case in cases]
 
 
-def versions(env: dict[str, str]) -> str:
+def versions(env: dict[str, str], groups: list[str]) -> str:
     def first_line(argv: list[str]) -> str:
         proc = subprocess.run(argv, capture_output=True, text=True, env=env)
         return (proc.stdout or proc.stderr).strip().splitlines()[0]
 
-    return (f"{first_line([str(LEDGER), '--version'])}; {first_line([str(PEER), '--version'])}; "
-            f"Python {platform.python_version()}; {first_line(['git', '--version'])}; {os.cpu_count()} CPU(s)")
+    peer = f"{first_line([str(PEER), '--version'])}; " if "check" in groups else ""
+    return (f"{first_line([str(LEDGER), '--version'])}; {peer}Python {platform.python_version()}; "
+            f"{first_line(['git', '--version'])}; {os.cpu_count()} CPU(s)")
 
 
-def main() -> int:
-    missing = [p.name for p in (LEDGER, PEER) if not os.access(p, os.X_OK)]
+def main(argv: list[str]) -> int:
+    groups = argv or ["check", "ledger"]
+    unknown = sorted(set(groups) - {"check", "ledger"})
+    if unknown:
+        print(f"bench: no group {', '.join(unknown)}; name check, ledger or both (none: both)", file=sys.stderr)
+        return 2
+    missing = [p.name for p in (LEDGER, *([PEER] if "check" in groups else [])) if not os.access(p, os.X_OK)]
     if missing:
         print(f"bench: {', '.join(missing)} not found in {BIN}; install the peer with `pip install -e '.[perf]'` "
               f"(and patch-ledger itself) into the environment of {sys.executable}", file=sys.stderr)
@@ -283,19 +222,15 @@ def main() -> int:
         tmp = Path(name)
         env = git_env(tmp / "home")
         (tmp / "home").mkdir()
-        schema = tmp / "task.bundled.json"
-        schema.write_text(json.dumps(bundled_task_schema(), indent=2) + "\n")
-        print(versions(env))
-        rows = []
-        for case in cases(tmp, env, schema):
-            sound = confirm_ours(case, env)  # also the warm-up run of both
-            ours, peer = measure(case, env)
-            rows.append((case, ours, peer, sound))
-        print(f"median of {ROUNDS_ONE} runs (single file) / {ROUNDS_MANY} runs ({BIG_TASKS} files), process start to exit; "
-              "ratio = ours / check-jsonschema")
+        print(versions(env, groups))
+        rows = check_rows(tmp, env) if "check" in groups else []
+        if "ledger" in groups:
+            rows += ledger_cases.rows(tmp, env, str(LEDGER))
+        print("medians, process start to exit (the in-process row: of the call); ratio = ours / floor or peer; "
+              "rounds and floors in tests/perf/README.md")
         print_table(rows)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

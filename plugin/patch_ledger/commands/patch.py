@@ -53,7 +53,7 @@ def listing(cwd: str, states: Sequence[str], fmt: str) -> int:
 
 def show(cwd: str, given: str, fmt: str) -> int:
     root = git.toplevel(cwd)
-    patch = ledger.resolve(ledger.read_sound(root), given)
+    patch = ledger.find(root, given)
     steps = ledger.history(root, patch)
     def text(_: Any) -> str:
         head = [f"patch {patch.id}", f"state    {patch.state} (seq {patch.seq})", f"base     {patch.base or '-'}",
@@ -72,8 +72,7 @@ def _step(s: ledger.Patch) -> str:
 
 def log(cwd: str, given: str | None, fmt: str) -> int:
     root = git.toplevel(cwd)
-    everything = ledger.read_sound(root)
-    chosen = [ledger.resolve(everything, given)] if given else sorted(everything.values(), key=lambda p: p.id)
+    chosen = [ledger.find(root, given)] if given else sorted(ledger.read_sound(root).values(), key=lambda p: p.id)
     steps = sorted(((p, s) for p in chosen for s in ledger.history(root, p)), key=lambda ps: (ps[1].at, ps[0].id, ps[1].seq))
     emit(fmt, {"transitions": [{"patch": p.id, "seq": s.seq, "from": s.source, "to": s.state, "at": s.at,
                                 "actor": s.actor, "reason": s.reason} for p, s in steps]},
