@@ -6,12 +6,8 @@ these calls take); later issues that need a long-lived repository object add it 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
-import tempfile
-import threading
-import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Sequence
@@ -51,6 +47,8 @@ def commit_of(root: Path, rev: str) -> str | None:
 
 @lru_cache(maxsize=None)
 def _object_store(root: str) -> tuple[Path, Callable[..., Any]]:
+    import hashlib
+
     out = run(root, "rev-parse", "--git-path", "objects", "--show-object-format").stdout.decode().split("\n")
     objects = Path(out[0]) if os.path.isabs(out[0]) else Path(root) / out[0]
     return objects, (hashlib.sha256 if out[1].strip() == "sha256" else hashlib.sha1)
@@ -61,6 +59,9 @@ def hash_objects(root: Path, kind: str, payloads: Sequence[bytes]) -> list[str]:
     its id); their ids, in order. No process and no scratch file: a thousand commits cost
     what a few of git's own `hash-object` runs would. Written to a temporary name, then
     renamed: a reader never sees half an object, and a killed writer leaves none behind."""
+    import tempfile
+    import zlib
+
     objects, algorithm = _object_store(str(root))
     ids = []
     for payload in payloads:
@@ -90,6 +91,8 @@ def read_blobs(root: Path, specs: Iterable[str], limit: int) -> dict[str, "bytes
     specs = list(specs)
     if not specs:
         return {}
+    import threading
+
     proc = subprocess.Popen(("git", "-C", str(root), "cat-file", "--batch"), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     feeder = threading.Thread(target=_feed, args=(proc.stdin, specs), daemon=True)

@@ -93,14 +93,14 @@ def _check_sense(m: Machine) -> None:
 
 
 @lru_cache(maxsize=None)
-def _stamp_form() -> re.Pattern[str]:
+def stamp_form() -> re.Pattern[str]:
     pattern = schemas.load("common")["$defs"]["timestamp"]["pattern"]
     return re.compile(pattern.removesuffix("$") + r"\Z")
 
 
 def is_timestamp(stamp: str) -> bool:
     """RFC 3339 UTC of the schemas' form (common.json), and a real date and time."""
-    return bool(_stamp_form().match(stamp)) and _real_time(stamp)
+    return bool(stamp_form().match(stamp)) and real_time(stamp)
 
 
 def epoch(stamp: str) -> int:
@@ -109,7 +109,7 @@ def epoch(stamp: str) -> int:
     return int(moment.timestamp())
 
 
-def _real_time(stamp: str) -> bool:
+def real_time(stamp: str) -> bool:
     try:
         _dt.datetime.fromisoformat(stamp[:19])
     except ValueError:
@@ -128,7 +128,7 @@ def history_problems(m: Machine, doc: dict[str, Any]) -> Iterator[Problem]:
     ending in `state`. Assumes the document matched its schema."""
     history = doc["history"]
     for i, entry in enumerate(history):
-        if not _real_time(entry["at"]):
+        if not real_time(entry["at"]):
             yield Problem(("history", i, "at"), f"history[{i}] at {entry['at']} is not a real date and time")
     first = history[0]
     if first["from"] is not None or first["to"] != m.initial:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Callable
 
 
 def as_json(value: Any) -> str:
-    return json.dumps(value, indent=2, default=lambda o: o._asdict() if hasattr(o, "_asdict") else str(o))
+    """Indented for a person at a terminal; one line for a script (the compact encoder is
+    the C one, several times faster on a ledger of thousands)."""
+    indent = 2 if sys.stdout.isatty() else None
+    return json.dumps(value, indent=indent, default=lambda o: o._asdict() if hasattr(o, "_asdict") else str(o))
 
 
 def emit(fmt: str, value: Any, as_text: Callable[[Any], str]) -> None:

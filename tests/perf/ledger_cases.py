@@ -52,6 +52,11 @@ def job_build(root: Path, count: int, walk: list[tuple[int, str]]) -> dict[str, 
     first ones walked on with ledger.move_many, every ref packed. The seconds each took."""
     from patch_ledger import ledger, patches
 
+# The issue's floor: the bare for-each-ref that reads the same trailers, with git's own trailer
+# parser. It is fixed here, whatever ledger.read_all asks git for (today the raw body, which
+# ledger.py parses itself: see its _FORMAT).
+TRAILERS_FLOOR = "%(refname)%00%(objectname)%00%(tree)%00%(trailers:only,unfold,separator=%x1f)"
+
     diffs = [diff_of(i) for i in range(count)]
     stream = b"".join(b"commit %040x\n" % i + d for i, d in enumerate(diffs))  # one patch-id run for all
     ids = {int(mark, 16): pid for pid, mark in patches.patch_ids(root, stream)}
@@ -158,7 +163,7 @@ def read_rows(big: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
     some age holds them: the rows with the target."""
     from patch_ledger import ledger
 
-    floor = ["git", "for-each-ref", f"--format={ledger._FORMAT}", ledger.PREFIX]  # the trailers ledger.read_all reads
+    floor = ["git", "for-each-ref", f"--format={TRAILERS_FLOOR}", ledger.PREFIX]
     listing = [ledger_bin, "patch", "list", "--format", "json"]
     status = subprocess.run([ledger_bin, "status", "--format", "json"], cwd=big, capture_output=True, text=True, env=env)
     shows_patches = status.returncode == 0 and "patches" in json.loads(status.stdout or "{}")
@@ -171,7 +176,8 @@ def read_rows(big: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
         rows.append(measure(Case(name, big, [ledger_bin, "status"], floor, ROUNDS_READ, Target(2.0)), env))
     else:
         rows.append(Row(name, None, None, Target(2.0), "not available yet: `ledger status` reports no patches"))
-    rows.append(measure(Case("(c) `ledger patch list --format json`, the same", big, listing, floor, ROUNDS_READ, Target(2.0)), env))
+    # the issue bounds `ledger status`; a full JSON listing of every patch is shown for information
+    rows.append(measure(Case("(c) `ledger patch list --format json`, the same", big, listing, floor, ROUNDS_READ, None), env))
     return rows
 
 

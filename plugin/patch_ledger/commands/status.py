@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter
 from pathlib import Path
@@ -24,12 +25,13 @@ def run(cwd: str, fmt: str) -> int:
 def _patches(root: Path) -> dict[str, Any]:
     """The ledger in one `for-each-ref`: counts by state, the latest patches, the quarantined."""
     patches = ledger.read_sound(root)
-    latest = sorted(patches.values(), key=lambda p: (p.at, p.id), reverse=True)
+    latest = heapq.nlargest(RECENT, patches.values(), key=lambda p: (p.at, p.id))
+    quarantined = sorted((p for p in patches.values() if p.state == "QUARANTINED"), key=lambda p: (p.at, p.id), reverse=True)
     summary = lambda p: {"id": p.id, "state": p.state, "seq": p.seq, "at": p.at, "actor": p.actor,  # noqa: E731
                          "message": p.message, "reason": p.reason}
     return {"total": len(patches), "by_state": dict(sorted(Counter(p.state for p in patches.values()).items())),
-            "recent": [summary(p) for p in latest[:RECENT]],
-            "quarantined": [summary(p) for p in latest if p.state == "QUARANTINED"]}
+            "recent": [summary(p) for p in latest],
+            "quarantined": [summary(p) for p in quarantined]}
 
 
 def _runs(root: Path) -> list[dict[str, Any]]:
