@@ -37,6 +37,12 @@ APPLIED_WALK = ((MOVES, "VALIDATING"), (MOVES, "VALIDATED"), (MOVES, "APPLIED"))
 ROUNDS_READ, ROUNDS_STEP, ROUNDS_MOVES, ROUNDS_RECORD, ROUNDS_SYNC = 10, 20, 7, 5, 10
 
 
+# The issue's floor: the bare for-each-ref that reads the same trailers, with git's own trailer
+# parser. It is fixed here, whatever ledger.read_all asks git for (today the raw body, which
+# ledger.py parses itself: see its _FORMAT).
+TRAILERS_FLOOR = "%(refname)%00%(objectname)%00%(tree)%00%(trailers:only,unfold,separator=%x1f)"
+
+
 # ---------------------------------------------------------------- fixtures (subprocess side)
 
 def diff_of(i: int) -> bytes:
@@ -51,11 +57,6 @@ def job_build(root: Path, count: int, walk: list[tuple[int, str]]) -> dict[str, 
     """`count` patches with their real patch ids, recorded by ledger.record in batches, the
     first ones walked on with ledger.move_many, every ref packed. The seconds each took."""
     from patch_ledger import ledger, patches
-
-# The issue's floor: the bare for-each-ref that reads the same trailers, with git's own trailer
-# parser. It is fixed here, whatever ledger.read_all asks git for (today the raw body, which
-# ledger.py parses itself: see its _FORMAT).
-TRAILERS_FLOOR = "%(refname)%00%(objectname)%00%(tree)%00%(trailers:only,unfold,separator=%x1f)"
 
     diffs = [diff_of(i) for i in range(count)]
     stream = b"".join(b"commit %040x\n" % i + d for i, d in enumerate(diffs))  # one patch-id run for all
