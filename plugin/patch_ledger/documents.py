@@ -218,3 +218,31 @@ def parse_text(kind: str, text: str, path: str, read: Reader) -> Any:
 def _a(value: Any) -> str:
     names = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "empty"}
     return names.get(type(value), type(value).__name__)
+
+
+def load_checked(root: Any, relpath: str, kind: str) -> dict[str, Any] | None:
+    """The YAML document (config or plan) at `relpath` under `root`, valid against its
+    schema; None when there is no such file; LedgerError naming the file, line and problem."""
+    from patch_ledger import schemas
+    from patch_ledger.errors import LedgerError
+    from patch_ledger.positions import yaml_line_col
+
+    def read(p: str) -> bytes | None:
+        try:
+            return (root / p).read_bytes()  # type: ignore[no-any-return]
+        except OSError:
+            return None
+
+    raw = read(relpath)
+    if raw is None:
+        return None
+    try:
+        data = parse(kind, raw, relpath, read)
+    except InputProblem as e:
+        raise LedgerError(f"{relpath}:{e.line or 1}:{e.col or 1}: {e}") from None
+    errors = schemas.validate(kind, data)
+    if errors:
+        line, col = yaml_line_col(raw.decode("utf-8", "replace"), errors[0].path)
+        raise LedgerError(f"{relpath}:{line}:{col}: {errors[0].message}; `ledger check` lists every problem")
+    return data  # type: ignore[no-any-return]
+

@@ -5,32 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patch_ledger import documents, schemas
+from patch_ledger import documents
 from patch_ledger.errors import LedgerError
 from patch_ledger.store import RunStore
 
 
 def load(root: Path, relpath: str) -> dict[str, Any]:
     """The plan at `relpath`, or LedgerError naming the file, line and what is wrong."""
-    def read(p: str) -> bytes | None:
-        try:
-            return (root / p).read_bytes()
-        except OSError:
-            return None
-
-    raw = read(relpath)
-    if raw is None:
+    plan = documents.load_checked(root, relpath, "plan")
+    if plan is None:
         raise LedgerError(f"{relpath}: no such plan; plans live in .ledger/plans/<name>.yaml")
-    try:
-        plan = documents.parse("plan", raw, relpath, read)
-    except documents.InputProblem as e:
-        raise LedgerError(f"{relpath}:{e.line or 1}:{e.col or 1}: {e}") from None
-    errors = schemas.validate("plan", plan)
-    if errors:
-        from patch_ledger.positions import yaml_line_col
-
-        line, col = yaml_line_col(raw.decode(), errors[0].path)
-        raise LedgerError(f"{relpath}:{line}:{col}: {errors[0].message}")
     return plan
 
 
