@@ -304,3 +304,42 @@ def test_a_commit_git_cannot_make_is_undone_in_the_checkout(base: Path, monkeypa
     with pytest.raises(LedgerError, match="email"):
         validation.apply(base, patch.id, "a")
     assert (checkout_state(base)[1:], head(base), state(base, patch)) == (before[1:], tip, patch)
+
+
+# --- what a review found -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [
+    "diff --git x/.github/workflows/ci.yml y/.github/workflows/ci.yml\nnew file mode 100644\n--- /dev/null\n+++ y/.github/workflows/ci.yml\n",
+    "diff --git a/.github//workflows/ci.yml b/.github//workflows/ci.yml\nnew file mode 100644\n--- /dev/null\n+++ b/.github//workflows/ci.yml\n",
+], ids=["other-prefixes", "double-slash"])
+def test_the_policy_sees_the_paths_git_applies(base: Path, header: str) -> None:
+    """git apply strips any first part and collapses '//': such a diff cannot dodge a rule."""
+    policy(base, "  forbidden_paths: ['.github/workflows/']\n")
+    diff = header + "@@ -0,0 +1 @@\n+on: push\n"
+    with pytest.raises(LedgerError):
+        patches.check_safe(base, diff.encode(), head(base), "test")
+    rejected = validation.validate(base, raw_patch(base, diff, head(base)).id, "val")
+    assert rejected.state == "REJECTED"
+
+
+def test_the_users_whitespace_setting_changes_nothing_applied(base: Path) -> None:
+    git(base, "config", "apply.whitespace", "fix")
+    patch = side_patch(base, {"greeting.txt": "hello  \n"})  # trailing spaces are the content
+    validation.validate(base, patch.id, "val")
+    validation.apply(base, patch.id, "app")
+    assert (base / "greeting.txt").read_text() == "hello  \n"
+    git(base, "config", "apply.whitespace", "error")
+    other = side_patch(base, {"other.txt": "x \n"})
+    assert validation.validate(base, other.id, "val").state == "VALIDATED"
+
+
+def test_a_worktree_of_another_repository_is_refused(base: Path, tmp_path: Path) -> None:
+    patch = side_patch(base, {"greeting.txt": "hello\nthere\n"})
+    validation.validate(base, patch.id, "val")
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    git(stranger, "init", "-q")
+    with pytest.raises(LedgerError, match="another repository"):
+        validation.apply(base, patch.id, "app", str(stranger))
+    assert state(base, patch).state == "VALIDATED"

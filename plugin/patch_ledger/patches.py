@@ -86,7 +86,10 @@ def _commit(root: Path, rev: str | None) -> str | None:
 
 
 _SECTION = re.compile(rb"^diff --git ", re.M)
-_BINARY = re.compile(rb"^(?:GIT binary patch|Binary files .* differ)$", re.M)
+# Every `git apply`: the user's apply.whitespace must not change what is applied, nor reject
+# a patch for good.
+APPLY = ("--whitespace=nowarn",)
+BINARY = re.compile(rb"^(?:GIT binary patch|Binary files .* differ)$", re.M)
 _INDEX = re.compile(rb"^index [0-9a-f]+\.\.[0-9a-f]+", re.M)
 
 
@@ -96,7 +99,7 @@ def unidentifiable_binary(diff: bytes) -> bool:
     starts = [m.start() for m in _SECTION.finditer(diff)] or [0]
     for begin, end in zip(starts, [*starts[1:], len(diff)]):
         section = diff[begin:end]
-        binary = _BINARY.search(section)
+        binary = BINARY.search(section)
         if binary is not None:
             index = _INDEX.search(section)
             if index is None or index.start() > binary.start():
@@ -104,8 +107,10 @@ def unidentifiable_binary(diff: bytes) -> bool:
     return False
 
 
-def paths_of(diff: bytes, where: str) -> list[str]:
-    """Every path the diff names, read with unidiff (never rewritten), or LedgerError."""
+def paths_of(diff: bytes, where: str, root: Path | None = None) -> list[str]:
+    """Every path the diff names, read with unidiff (never rewritten), or LedgerError. With
+    `root`, git's own reading of them too (`git apply --numstat`, which strips prefixes as
+    `git apply` will): a diff whose headers say one path and git another cannot hide it."""
     from unidiff import PatchSet
     from unidiff.errors import UnidiffParseError
 
@@ -120,13 +125,33 @@ def paths_of(diff: bytes, where: str) -> list[str]:
     for f in files:
         for name in (f.source_file, f.target_file):
             if name and name != "/dev/null":
-                paths.append(_unprefixed(unquote(name)))
+                name = unquote(name)
+                if name[:2] not in ("a/", "b/"):
+                    why = path_problem(name) or f"{name!r} has no a/ or b/ prefix"
+                    raise LedgerError(f"{where}: {why}; record a diff as `git diff --binary` writes it, inside the repository")
+                paths.append(name[2:])
     paths += [unquote(m.decode("utf-8", "surrogateescape")) for m in _HEADER_PATHS.findall(diff)]
+    if root is not None:
+        paths += _paths_git_applies(root, diff, where)
     return list(dict.fromkeys(paths))
 
 
-def _unprefixed(name: str) -> str:
-    return name[2:] if name[:2] in ("a/", "b/") else name
+def _paths_git_applies(root: Path, diff: bytes, where: str) -> list[str]:
+    proc = git.run(root, "apply", *APPLY, "--numstat", "-z", input=diff, check=False)
+    if proc.returncode != 0:
+        said = " ".join(proc.stderr.decode("utf-8", "replace").split())[:200]
+        raise LedgerError(f"{where}: not a diff git can apply ({said}); record the output of `git diff --binary`")
+    fields = proc.stdout.decode("utf-8", "surrogateescape").split("\0")
+    paths, i = [], 0
+    while i < len(fields) and fields[i]:
+        counts = fields[i].split("\t")
+        if len(counts) == 3 and counts[2]:  # added, deleted, path
+            paths.append(counts[2])
+            i += 1
+        else:  # a rename or copy: the counts, then the old and the new path
+            paths += fields[i + 1:i + 3]
+            i += 3
+    return paths
 
 
 _ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
@@ -161,6 +186,8 @@ def path_problem(path: str) -> str | None:
         return f"{path!r} is absolute"
     if ".." in parts:
         return f"{path!r} climbs out of the repository with '..'"
+    if "" in parts or "." in parts:
+        return f"{path!r} is not in git's plain form (an empty or '.' part)"
     if any(p.lower() == ".git" for p in parts):
         return f"{path!r} is inside .git/"
     if "\0" in path or not path.strip():
@@ -175,14 +202,14 @@ def symlink_problems(root: Path, base: str | None, paths: list[str]) -> list[str
     parents = sorted({"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)})
     if not parents:
         return []
-    out = git.run(root, "ls-tree", "-z", "--full-tree", base, "--", *parents).stdout.decode("utf-8", "surrogateescape")
+    out = git.run(root, "--literal-pathspecs", "ls-tree", "-z", "--full-tree", base, "--", *parents).stdout.decode("utf-8", "surrogateescape")
     links = {entry.split("\t", 1)[1] for entry in out.split("\0") if entry.startswith("120000 ")}
     return [f"{p!r} goes through the symlink {link!r} of the base" for p in paths for link in links if p.startswith(link + "/")]
 
 
 def check_safe(root: Path, diff: bytes, base: str | None, where: str) -> list[str]:
     """The diff's paths, once it is known to parse and to stay inside the repository."""
-    paths = paths_of(diff, where)
+    paths = paths_of(diff, where, root)
     if unidentifiable_binary(diff):
         raise LedgerError(f"{where}: a binary change without its `index` line cannot be identified; record `git diff --binary --full-index`")
     _check_paths(paths, where)

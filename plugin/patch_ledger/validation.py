@@ -19,7 +19,6 @@ from typing import Any, Mapping, Sequence
 from patch_ledger import config, git, ledger, machine, patches
 from patch_ledger.errors import LedgerError
 
-_BINARY = re.compile(rb"^(?:GIT binary patch|Binary files .* differ)$", re.M)
 _SHOWN = 5  # paths or git error lines named in one reason; the rest are counted
 
 
@@ -48,7 +47,7 @@ def examine(root: Path, base: str | None, base_tree: str, diff: bytes,
     """Every reason to reject `diff` on `base`, and (when there is none) the patch id of its
     inverse. Unsafe paths are never handed to `git apply`."""
     try:
-        paths: list[str] | None = patches.paths_of(diff, "the diff")
+        paths: list[str] | None = patches.paths_of(diff, "the diff", root)
     except LedgerError as e:  # its problem, without the intake's advice: reasons are joined with "; "
         return [str(e).split("; ")[0], *policy_problems(diff, None, policy)], None
     unsafe = [p for p in map(patches.path_problem, paths) if p] or patches.symlink_problems(root, base, paths)
@@ -69,7 +68,7 @@ def policy_problems(diff: bytes, paths: Sequence[str] | None, policy: Mapping[st
     limit = policy.get("max_patch_bytes")
     if limit is not None and len(diff) > limit:
         out.append(f"{len(diff)} bytes, over the policy's max_patch_bytes of {limit}")
-    if not policy.get("allow_binary", True) and _BINARY.search(diff):
+    if not policy.get("allow_binary", True) and patches.BINARY.search(diff):
         binary = _binary_files(diff) if paths is not None else []
         names = f" to {_names(binary)}" if binary else ""
         out.append(f"a binary change{names}, and the policy does not allow_binary")
@@ -95,7 +94,7 @@ def after_tree(root: Path, base_tree: str, diff: bytes) -> tuple[str | None, str
     with tempfile.TemporaryDirectory(prefix="ledger-validate-") as scratch:
         env = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
         git.run(root, "read-tree", base_tree, env=env)
-        proc = git.run(root, "apply", "--cached", input=diff, env=env, check=False)  # all or nothing
+        proc = git.run(root, "apply", *patches.APPLY, "--cached", input=diff, env=env, check=False)  # all or nothing
         if proc.returncode != 0:
             return None, _git_said(proc)
         return git.run(root, "write-tree", env=env).stdout.decode().strip(), None
@@ -152,15 +151,15 @@ def _commit_change(checkout: Path, patch: ledger.Patch, diff: bytes, subject: st
     if git.run(checkout, "diff", "--cached", "--quiet", "--no-ext-diff", check=False).returncode != 0:
         raise LedgerError(f"{checkout}: changes are staged; commit or unstage them before patch {patch.id[:12]} is "
                           f"{'rolled back' if reverse else 'applied'} there")
-    check = git.run(checkout, "apply", *there, "--index", "--check", input=diff, check=False)
+    check = git.run(checkout, "apply", *patches.APPLY, *there, "--index", "--check", input=diff, check=False)
     if check.returncode != 0:
         raise LedgerError(f"patch {patch.id[:12]} would not {'reverse-' if reverse else ''}apply cleanly in {checkout} "
                           f"({_git_said(check)}); commit or stash the local changes it touches, or resolve by hand")
-    git.run(checkout, "apply", *there, "--index", input=diff)
+    git.run(checkout, "apply", *patches.APPLY, *there, "--index", input=diff)
     try:
         return _commit_index(checkout, head, f"{subject}\n\nLedger-Patch: {patch.id}\n", actor), head
     except LedgerError:
-        git.run(checkout, "apply", *undo, "--index", input=diff, check=False)
+        git.run(checkout, "apply", *patches.APPLY, *undo, "--index", input=diff, check=False)
         raise
 
 
@@ -204,7 +203,15 @@ def _checkout(root: Path, worktree: str | None) -> Path:
     top = git.toplevel(worktree)
     if top.resolve() != Path(worktree).resolve():
         raise LedgerError(f"--worktree {worktree}: not the top of a checkout ({top} is); pass the checkout's directory")
+    if _common_dir(top) != _common_dir(root):
+        raise LedgerError(f"--worktree {worktree}: a checkout of another repository; pass a worktree of this one (`git worktree add DIR`)")
     return top
+
+
+def _common_dir(checkout: Path) -> Path:
+    """The repository a checkout belongs to: every worktree of one repository shares it."""
+    common = Path(git.run(checkout, "rev-parse", "--git-common-dir").stdout.decode().strip())
+    return (common if common.is_absolute() else checkout / common).resolve()
 
 
 def _names(items: Sequence[str], quote: bool = True) -> str:
