@@ -197,3 +197,46 @@ def test_quoted_paths_are_checked_as_the_paths_they_name(repo: Path) -> None:
     assert patches.path_problem(patches.unquote('"../\\303\\251"')) is not None
     diff = b'diff --git "a/caf\\303\\251" "b/caf\\303\\251"\nnew file mode 100644\nindex 0000000..e69de29\n--- /dev/null\n+++ "b/caf\\303\\251"\n@@ -0,0 +1 @@\n+x\n'
     assert patches.paths_of(diff, "test") == ["caf\u00e9"]
+
+
+# --- what a review found ---------------------------------------------------------------------
+
+
+def test_bad_options_and_a_broken_history_are_bad_input(repo: Path) -> None:
+    patch = _applied(repo)
+    assert cli(repo, "patch", "expire", "--older-than", "99999999999999w").returncode == 2
+    listed = cli(repo, "patch", "list", "--state", "BOGUS")
+    assert listed.returncode == 2 and "not a Patch state" in listed.stderr
+    write(repo, "NEW.txt", "new\n")
+    assert cli(repo, "patch", "add", "--actor", "-").returncode == 2  # "-" reads back as no one
+    (repo / "NEW.txt").unlink()
+    # an older commit of a sound tip turned to garbage: named, not a crash
+    tree = git(repo, "rev-parse", f"{patch.tip}^{{tree}}").stdout.strip()
+    garbage = git(repo, "commit-tree", tree, "-m", "ledger: x\n\nLedger-State: ???\n").stdout.strip()
+    body = git(repo, "log", "-1", "--format=%B", patch.tip).stdout
+    forged = git(repo, "commit-tree", tree, "-p", garbage, "-m", body).stdout.strip()
+    git(repo, "update-ref", patch.ref, forged)
+    for args in (("patch", "show", patch.id[:8]), ("log", patch.id[:8])):
+        proc = cli(repo, *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and garbage[:12] in proc.stderr
+
+
+def test_identity_does_not_depend_on_the_users_quote_path_setting(repo: Path) -> None:
+    commits = _repo_with_history(repo, 1)
+    write(repo, "caf\u00e9.txt", "x\n")
+    commit(repo, "accented")
+    first = json.loads(cli(repo, "patch", "record", "HEAD~1..HEAD", "--format", "json").stdout)["recorded"][0]
+    git(repo, "config", "core.quotePath", "false")
+    git(repo, "checkout", "-q", "-b", "other", commits[-1])
+    git(repo, "cherry-pick", "main")
+    again = json.loads(cli(repo, "patch", "record", "HEAD~1..HEAD", "--format", "json").stdout)["recorded"][0]
+    assert again["id"] == first["id"] and again["created"] is False
+
+
+def test_record_refuses_before_writing_when_the_ledger_has_a_broken_ref(repo: Path) -> None:
+    commits = _repo_with_history(repo, 2)
+    tree = git(repo, "rev-parse", "HEAD^{tree}").stdout.strip()
+    git(repo, "update-ref", "refs/ledger/patches/" + "b" * 40, git(repo, "commit-tree", tree, "-m", "junk").stdout.strip())
+    before = git(repo, "for-each-ref", "refs/ledger").stdout
+    proc = cli(repo, "patch", "record", f"{commits[0]}..HEAD")
+    assert proc.returncode == 2 and git(repo, "for-each-ref", "refs/ledger").stdout == before

@@ -214,7 +214,7 @@ def test_a_merge_to_a_state_neither_side_holds_is_named(base: Path) -> None:
     ours = walk(base, first, "VALIDATING")
     theirs = forge(base, first, ref="refs/heads/theirs", state="EXPIRED", at=machine.now())
     forge(base, ours, parents=[ours.tip, theirs], state="VALIDATED", source="VALIDATING", seq=3, at=machine.now())
-    only(base, first.ref, "a merge of VALIDATING and EXPIRED resolves to VALIDATED, which neither side holds")
+    only(base, first.ref, "a merge of VALIDATING and EXPIRED resolves to VALIDATED, not to EXPIRED as the precedence says")
 
 
 def test_a_ref_pointing_at_a_blob_is_named(base: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from patch_ledger import ledger, machine, schemas, sync
+from patch_ledger import patches, ledger, machine, schemas, sync
 from patch_ledger.errors import LedgerError
 from tests.builders import git, init_repo, write
 
@@ -41,8 +41,9 @@ def b(tmp_path: Path, remote: Path) -> Path:
 
 
 def new_patch(root: Path, text: str = "one") -> ledger.Patch:
-    diff = f"diff --git a/{text} b/{text}\n--- /dev/null\n+++ b/{text}\n@@ -0,0 +1 @@\n+{text}\n".encode()
-    ((patch, _),) = ledger.record(root, [(hashlib.sha1(diff).hexdigest(), diff, {"actor": "recorder", "reason": "recorded"})])
+    diff = f"diff --git a/{text} b/{text}\nnew file mode 100644\n--- /dev/null\n+++ b/{text}\n@@ -0,0 +1 @@\n+{text}\n".encode()
+    ((patch_id, _),) = patches.patch_ids(root, diff)  # its real identity: sync verifies what it moves
+    ((patch, _),) = ledger.record(root, [(patch_id, diff, {"actor": "recorder", "reason": "recorded"})])
     return patch
 
 
@@ -221,14 +222,19 @@ def test_a_push_refused_for_another_reason_fails_at_once(a: Path, remote: Path) 
 
 
 def test_a_remote_that_always_moves_meanwhile_is_given_up_on(a: Path, b: Path, remote: Path) -> None:
-    patch = shared(a, [], b)
-    walk(a, patch, ["VALIDATING"], "alice")
-    # each push reaches a remote whose ref has just moved on: a copy of its tip on top of it
+    patch = shared(a, ["VALIDATING", "VALIDATED", "APPLIED"], b)
+    walk(a, patch, ["QUARANTINED"], "alice")
+    # each push reaches a remote whose ref has just moved on, by a legal step (release or
+    # quarantine again) that another clone pushed meanwhile
     clean = 'env -i PATH="$PATH" GIT_AUTHOR_NAME=r GIT_AUTHOR_EMAIL=r@r GIT_COMMITTER_NAME=r GIT_COMMITTER_EMAIL=r@r'
     hook(remote, "pre-receive", f"""cat >/dev/null
 n=$(( $(cat '{remote}/count' 2>/dev/null || echo 0) + 1 )); echo $n > '{remote}/count'
 cur=$({clean} git -C '{remote}' rev-parse {patch.ref})
-new=$({clean} GIT_COMMITTER_DATE="$((1700000000 + n)) +0000" git -C '{remote}' commit-tree -p $cur -m "$({clean} git -C '{remote}' log -1 --format=%B $cur)" "$cur^{{tree}}")
+msg=$({clean} git -C '{remote}' log -1 --format=%B $cur)
+state=$(printf '%s\\n' "$msg" | sed -n 's/^Ledger-State: //p'); seq=$(printf '%s\\n' "$msg" | sed -n 's/^Ledger-Seq: //p')
+if [ "$state" = APPLIED ]; then next=QUARANTINED; else next=APPLIED; fi
+msg=$(printf '%s\\n' "$msg" | sed -e "s/^Ledger-State: .*/Ledger-State: $next/" -e "s/^Ledger-From: .*/Ledger-From: $state/" -e "s/^Ledger-Seq: .*/Ledger-Seq: $((seq + 1))/")
+new=$({clean} GIT_COMMITTER_DATE="$((1700000000 + n)) +0000" git -C '{remote}' commit-tree -p $cur -m "$msg" "$cur^{{tree}}")
 {clean} git -C '{remote}' update-ref {patch.ref} $new $cur
 """)
     with pytest.raises(LedgerError, match=f"kept moving through {sync.ATTEMPTS} rounds"):
@@ -274,6 +280,51 @@ def test_a_remote_ref_without_a_ledger_commit_is_refused_and_nothing_written(a: 
     garbage = git(remote, "commit-tree", "-m", "not a ledger commit", git(remote, "hash-object", "-w", "-t", "tree", "/dev/null").stdout.strip())
     name = "a" * 40
     git(remote, "update-ref", ledger.PREFIX + name, garbage.stdout.strip())
-    with pytest.raises(LedgerError, match=f"refs/remotes/origin/ledger/patches/{name}: missing trailer"):
+    with pytest.raises(LedgerError, match=f"refs/remotes/origin/ledger/patches/{name}: .*missing trailer"):
         sync.sync(b, None)
     assert refs(b) == {}
+
+
+# --- what a review found -------------------------------------------------------------------
+
+
+def _forge_jump(repo: Path, patch: ledger.Patch, to: str) -> None:
+    """A hand-made step that no transition allows, on top of the patch's tip."""
+    body = git(repo, "log", "-1", "--format=%B", patch.tip).stdout
+    body = body.replace(f"Ledger-State: {patch.state}", f"Ledger-State: {to}").replace(f"Ledger-Seq: {patch.seq}", f"Ledger-Seq: {patch.seq + 1}")
+    body = body.replace("Ledger-From: -", f"Ledger-From: {patch.state}").replace(f"Ledger-From: {patch.source}", f"Ledger-From: {patch.state}")
+    forged = git(repo, "commit-tree", f"{patch.tip}^{{tree}}", "-p", patch.tip, "-m", body).stdout.strip()
+    git(repo, "update-ref", patch.ref, forged, patch.tip)
+
+
+def test_an_illegal_history_is_neither_pushed_nor_taken(a: Path, b: Path, remote: Path) -> None:
+    patch = new_patch(a)
+    sync.sync(a, None)
+    sync.sync(b, None)
+    _forge_jump(a, patch, "VERIFIED")  # PENDING -> VERIFIED by hand
+    before = refs(remote)
+    with pytest.raises(LedgerError, match="nothing was pushed"):
+        sync.sync(a, None)
+    assert refs(remote) == before
+    git(a, "push", "-q", "--no-verify", "origin", f"+{patch.ref}:{patch.ref}")  # as if pushed past the ledger
+    b_before = refs(b)
+    with pytest.raises(LedgerError, match="nothing was taken"):
+        sync.sync(b, None)
+    assert refs(b) == b_before
+
+
+def test_a_revert_that_arrives_by_sync_rolls_the_patch_back(a: Path, b: Path) -> None:
+    applied = shared(a, ["VALIDATING", "VALIDATED", "APPLIED"], b)
+    reverse = ledger.patch_bytes(a, applied).decode()
+    reverse = reverse.replace("new file mode", "deleted file mode").replace("--- /dev/null", "--- a/one").replace("+++ b/one", "+++ /dev/null").replace("@@ -0,0 +1 @@\n+one", "@@ -1 +0,0 @@\n-one")
+    ((reverse_id, _),) = patches.patch_ids(b, reverse.encode())
+    ledger.move(a, ledger.read_sound(a)[applied.id], "VERIFIED", "alice", "gates passed")
+    ledger.move(b, ledger.read_sound(b)[applied.id], "VERIFIED", "bob", "gates passed")
+    sync.sync(b, None)
+    # clone b records the revert (as its id, known to the applied patch as its inverse)
+    inverse = ledger.move(b, ledger.read_sound(b)[applied.id], "QUARANTINED", "bob", "looks wrong", inverse=reverse_id)
+    ledger.record(b, [(reverse_id, reverse.encode(), {"actor": "bob", "reason": "recorded from a revert"})])
+    assert inverse.state == "QUARANTINED"
+    sync.sync(b, None)
+    sync.sync(a, None)
+    assert ledger.read_sound(a)[applied.id].state == "ROLLED_BACK"

@@ -31,16 +31,17 @@ class Problem(NamedTuple):
 class Commit(NamedTuple):
     parents: tuple[str, ...]
     tree: str
-    trailers: str  # as `%(trailers:only,unfold,separator=%x1f)` gives them
+    trailers: str  # the message body's lines joined with \x1f (ledger.block_of), as ledger.read_all reads them
 
 
 _UNREADABLE = re.compile(r"^warning: ignoring (broken ref|ref with broken name|dangling symref) (\S+)", re.M)
-_LOG_FORMAT = "--format=%H %T %P%n%(trailers:only,unfold,separator=%x1f)"
+_LOG_FORMAT = "--format=%H %T %P%n%b"
 
 
-def verify_ledger(root: Path) -> list[Problem]:
-    """Every problem of every ref under refs/ledger/patches/, by ref; empty when all is sound."""
-    targets, problems = _refs(root)
+def verify_ledger(root: Path, prefix: str = ledger.PREFIX) -> list[Problem]:
+    """Every problem of every ref under `prefix` (the ledger; or a remote's mirror of it,
+    before sync takes anything from there), by ref; empty when all is sound."""
+    targets, problems = _refs(root, prefix)
     kinds = _kinds(root, set(targets.values()))
     tips = {ref: oid for ref, oid in targets.items() if kinds.get(oid) == "commit"}
     problems += [Problem(ref, oid, _not_a_commit(oid, kinds.get(oid))) for ref, oid in targets.items() if ref not in tips]
@@ -65,14 +66,14 @@ def lines_by_ref(problems: Iterable[Problem]) -> list[str]:
 # --- reading, in bulk -------------------------------------------------------------------
 
 
-def _refs(root: Path) -> tuple[dict[str, str], list[Problem]]:
+def _refs(root: Path, prefix: str) -> tuple[dict[str, str], list[Problem]]:
     """ref -> the object it names; git skips the refs it cannot read, with a warning each."""
     env = {**os.environ, "LC_ALL": "C"}  # the warnings are read: untranslated
-    proc = git.run(root, "for-each-ref", "--format=%(refname)%00%(objectname)", ledger.PREFIX, env=env)
+    proc = git.run(root, "for-each-ref", "--format=%(refname)%00%(objectname)", prefix, env=env)
     targets = dict(line.split("\0", 1) for line in proc.stdout.decode("utf-8", "surrogateescape").splitlines() if "\0" in line)
     unreadable = [Problem(ref, None, f"git cannot read it ({what}), nor delete it: remove the file .git/{ref}")
                   for what, ref in _UNREADABLE.findall(proc.stderr.decode("utf-8", "replace"))
-                  if ref.startswith(ledger.PREFIX)]
+                  if ref.startswith(prefix)]
     return targets, unreadable
 
 
@@ -113,10 +114,10 @@ def _commits(root: Path, tips: Iterable[str]) -> tuple[dict[str, Commit], dict[s
 def _parse_log(out: bytes) -> dict[str, Commit]:
     commits = {}
     for record in out.decode("utf-8", "replace").split("\0"):
-        head, _, trailers = record.strip("\n").partition("\n")
+        head, _, body = record.lstrip("\n").partition("\n")
         fields = head.split()
         if len(fields) >= 2:
-            commits[fields[0]] = Commit(tuple(fields[2:]), fields[1], trailers)
+            commits[fields[0]] = Commit(tuple(fields[2:]), fields[1], ledger.block_of(body))
     return commits
 
 
@@ -140,7 +141,7 @@ def _history(tip: str, commits: dict[str, Commit]) -> dict[str, Commit]:
 
 
 def _history_problems(ref: str, history: dict[str, Commit]) -> Iterator[Problem]:
-    name = ref[len(ledger.PREFIX):]
+    name = ref.rsplit("/", 1)[-1]
     steps: dict[str, ledger.Patch] = {}
     for oid, c in history.items():
         try:
@@ -175,8 +176,9 @@ def _step_problems(step: ledger.Patch, parents: list[ledger.Patch]) -> Iterator[
         elif not m.is_legal(before.state, step.state):
             allowed = ", ".join(m.targets(before.state)) or "nothing: it is final"
             yield f"{before.state} -> {step.state} is not a Patch transition (from {before.state}: {allowed})"
-    elif step.state not in {p.state for p in parents}:
-        yield f"a merge of {' and '.join(p.state for p in parents)} resolves to {step.state}, which neither side holds"
+    elif step.state != m.stronger(p.state for p in parents):
+        yield (f"a merge of {' and '.join(p.state for p in parents)} resolves to {step.state}, not to "
+               f"{m.stronger(p.state for p in parents)} as the precedence says")
     if step.seq != max(p.seq for p in parents) + 1:
         yield f"seq {step.seq} follows seq {max(p.seq for p in parents)}; each commit counts one up"
     latest = max(parents, key=lambda p: machine.time_key(p.at))
@@ -194,7 +196,7 @@ def _bytes_problems(root: Path, histories: dict[str, dict[str, Commit]]) -> list
     ids = _patch_ids(root, {t: d for t, d in data.items() if isinstance(d, bytes) and _holds_only(t, d)})
     problems = []
     for ref, (oid, c) in firsts.items():
-        why = _bytes_problem(ref[len(ledger.PREFIX):], c.tree, data[c.tree], ids.get(c.tree, []))
+        why = _bytes_problem(ref.rsplit("/", 1)[-1], c.tree, data[c.tree], ids.get(c.tree, []))
         if why:
             problems.append(Problem(ref, oid, f"commit {oid[:12]}: {why}"))
     return problems

@@ -88,6 +88,8 @@ def _one_line(value: str) -> str:
 
 def render(fields: Mapping[str, Any]) -> str:
     """The commit message of one ledger transition."""
+    if _one_line(str(fields.get("actor") or "")) == NONE:
+        raise LedgerError(f"actor {fields.get('actor')!r} is not a name; pass --actor NAME")
     values = dict(fields)
     values["format"] = FORMAT
     values["gates"] = ",".join(f"{k}={v}" for k, v in sorted((values.get("gates") or {}).items())) or NONE
@@ -199,8 +201,7 @@ def read_all(root: Path, *patterns: str) -> tuple[dict[str, Patch], list[Broken]
     """Every patch of the ledger (one `for-each-ref`; or the refs matching `patterns`), and
     the refs that hold no ledger commit."""
     raw = git.run(root, "for-each-ref", f"--format={_FORMAT}", *(patterns or (PREFIX,))).stdout.decode("utf-8", "replace")
-    # one ref a line, its body's lines joined with \x1f as %(trailers:separator) would
-    text = "".join(r.rstrip("\n").replace("\n", "\x1f") + "\n" for r in raw.split("\x1e\n") if r)
+    text = "".join(block_of(r) + "\n" for r in raw.split("\x1e\n") if r)  # one ref a line
     fast = _fast(text)
     if fast is not None:
         return fast, []
@@ -224,6 +225,12 @@ def _read_lines(text: str, patches: dict[str, Patch], broken: list[Broken]) -> N
             broken.append(Broken(ref, str(e)))
             continue
         patches[patch.id] = patch
+
+
+def block_of(body: str) -> str:
+    """A commit body's lines joined with \\x1f: the one form every reader of the ledger parses
+    (read_all, history, `ledger verify`), strictly, whatever git's trailer parser would make of it."""
+    return body.rstrip("\n").replace("\n", "\x1f")
 
 
 def read_sound(root: Path) -> dict[str, Patch]:
@@ -260,14 +267,16 @@ def find(root: Path, given: str) -> Patch:
 
 def history(root: Path, patch: Patch) -> list[Patch]:
     """Every transition of `patch`, oldest first (both sides of a merged history)."""
-    out = git.run(root, "log", "--topo-order", "--reverse", "--format=%H%x00%T%x00%(trailers:only,unfold,separator=%x1f)%x1e",
-                  patch.tip).stdout.decode("utf-8", "replace")
+    out = git.run(root, "log", "--topo-order", "--reverse", "--format=%H%x00%T%x00%b%x1e", patch.tip).stdout.decode("utf-8", "replace")
     steps = []
     for record in out.split("\x1e"):
-        record = record.strip("\n")
+        record = record.lstrip("\n")
         if record:
-            tip, tree, trailers = (record.split("\0") + ["", ""])[:3]
-            steps.append(parse_block(trailers, tip, tree))
+            tip, tree, body = (record.split("\0") + ["", ""])[:3]
+            try:
+                steps.append(parse_block(block_of(body), tip, tree))
+            except ValueError as e:
+                raise LedgerError(f"{patch.ref}: commit {tip[:12]} of its history: {e}; `ledger verify` lists every broken ref") from None
     return steps
 
 
@@ -319,7 +328,7 @@ def swap(root: Path, updates: Sequence[tuple[str, str, str | None]]) -> bool:
         err = proc.stderr.decode(errors="replace")
         lock = re.search(r"Unable to create '([^']+\.lock)': File exists", err)
         if lock is None:
-            if "cannot lock ref" in err or "reference already exists" in err:
+            if "but expected" in err or "reference already exists" in err:
                 return False  # another writer moved it first
             raise LedgerError(f"git update-ref failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}")
         if time.monotonic() > deadline:

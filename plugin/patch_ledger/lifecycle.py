@@ -55,10 +55,11 @@ def expire(root: Path, older_than: str, actor: str) -> list[ledger.Patch]:
 
 
 def parse_duration(text: str) -> timedelta:
-    match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
-    if not match:
-        raise LedgerError(f"--older-than {text!r}: not a duration; write e.g. 30m, 12h, 7d or 2w")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    match = re.fullmatch(r"\s*(\d{1,9})\s*([smhdw])\s*", text)
+    seconds = int(match.group(1)) * _UNITS[match.group(2)] if match else None
+    if seconds is None or seconds > 100 * 365 * 86400:
+        raise LedgerError(f"--older-than {text!r}: not a duration of at most 100 years; write e.g. 30m, 12h, 7d or 2w")
+    return timedelta(seconds=seconds)
 
 
 def _move(root: Path, given: str, to: str, actor: str, reason: str) -> ledger.Patch:

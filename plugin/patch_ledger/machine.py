@@ -15,7 +15,7 @@ import datetime as _dt
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
 from patch_ledger import schemas
 from patch_ledger.errors import LedgerError
@@ -48,6 +48,10 @@ class Machine:
 
     def targets(self, source: str) -> list[str]:
         return [to for (frm, to) in self.transitions if frm == source]
+
+    def stronger(self, states: Iterable[str]) -> str:
+        """What a merge of histories ending in `states` resolves to: the first by precedence."""
+        return min(states, key=self.precedence.index)
 
 
 @lru_cache(maxsize=None)

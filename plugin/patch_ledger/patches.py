@@ -20,6 +20,8 @@ MAX_DIFF_BYTES = 32 * 1024 * 1024  # larger is no patch to review; git itself wo
 # Diffs exactly as the ledger stores them, whatever the user's diff settings (noprefix,
 # mnemonicPrefix, renames, textconv would change the bytes, and so the patch id).
 DIFF = ("--binary", "--full-index", "--no-ext-diff", "--no-textconv", "--no-color", "-M", "--src-prefix=a/", "--dst-prefix=b/")
+# ... and the settings that shape a diff's text from outside its options, given before the command
+DIFF_CONFIG = ("-c", "core.quotePath=true", "-c", "diff.algorithm=myers", "-c", "diff.indentHeuristic=true")
 # A reverse diff named as a forward one (git swaps the prefixes after -R), so that its
 # patch id is the id of the commit that reverts it.
 _REVERSED = (*DIFF[:-2], "-R", "--src-prefix=b/", "--dst-prefix=a/")
@@ -75,7 +77,7 @@ def worktree_diff(root: Path, base: str, reverse: bool = False) -> bytes:
         if index.is_file():
             shutil.copyfile(index, env["GIT_INDEX_FILE"])
         git.run(root, "add", "-A", env=env)
-        return git.run(root, "diff", "--cached", *(_REVERSED if reverse else DIFF), base, env=env).stdout
+        return git.run(root, *DIFF_CONFIG, "diff", "--cached", *(_REVERSED if reverse else DIFF), base, env=env).stdout
 
 
 def _commit(root: Path, rev: str | None) -> str | None:
@@ -265,12 +267,15 @@ def record_range(root: Path, revrange: str, actor: str | None) -> tuple[list[Rec
     ids = dict((c, p) for p, c in patch_ids(root, b"".join(b"commit " + c.encode() + b"\n" + diffs[c] for c in diffs)))
     reverse = _diffs(root, revrange, reverse=True)
     inverse = dict((c, p) for p, c in patch_ids(root, b"".join(b"commit " + c.encode() + b"\n" + reverse[c] for c in reverse)))
+    live = _live_by_inverse(root)  # read before anything is written: bad input writes nothing
     known = ledger.ids_in_ledger(root)
     new, sources = [], []
     for commit, parent, author, subject in commits:
         if commit not in ids:
             continue  # git sees no change (an empty commit): nothing to record
         if ids[commit] not in known:
+            if len(diffs[commit]) > MAX_DIFF_BYTES:
+                raise LedgerError(f"commit {commit[:12]}: its diff is over the {MAX_DIFF_BYTES}-byte limit of a patch; record a range without it")
             # A commit's paths come from a git tree, which cannot hold a path through a
             # symlink: the path checks suffice, without one ls-tree a commit.
             _check_paths(paths_of(diffs[commit], f"commit {commit[:12]}"), f"commit {commit[:12]}")
@@ -279,7 +284,7 @@ def record_range(root: Path, revrange: str, actor: str | None) -> tuple[list[Rec
             "reason": f"recorded from commit {commit}"}))
         sources.append(commit)
     recorded = [Recorded(p, created, c) for (p, created), c in zip(ledger.record(root, new), sources)]
-    return recorded, _roll_back_reverted(root, recorded)
+    return recorded, _roll_back_reverted(root, live, [(r.patch.id, f"reverted by commit {r.commit}", r.patch.actor) for r in recorded])
 
 
 def _commits(root: Path, revrange: str) -> list[tuple[str, str | None, str, str]]:
@@ -297,7 +302,7 @@ def _commits(root: Path, revrange: str) -> list[tuple[str, str | None, str, str]
 
 def _diffs(root: Path, revrange: str, reverse: bool) -> dict[str, bytes]:
     """Each commit's diff against its parent, as `git diff --binary --full-index` writes it."""
-    args = ["log", "--no-merges", "--reverse", "-p", "--format=%x00commit %H", *(_REVERSED if reverse else DIFF), revrange, "--"]
+    args = [*DIFF_CONFIG, "log", "--no-merges", "--reverse", "-p", "--format=%x00commit %H", *(_REVERSED if reverse else DIFF), revrange, "--"]
     out = git.run(root, *args).stdout
     diffs = {}
     for chunk in out.split(b"\0commit ")[1:]:
@@ -306,15 +311,30 @@ def _diffs(root: Path, revrange: str, reverse: bool) -> dict[str, bytes]:
     return diffs
 
 
-def _roll_back_reverted(root: Path, recorded: list[Recorded]) -> list[ledger.Patch]:
-    live_states = {s for s in machine.load("patch").states if machine.load("patch").is_legal(s, "ROLLED_BACK")}
-    live = {p.inverse: p for p in ledger.read_sound(root).values() if p.inverse and p.state in live_states}
+def _live_by_inverse(root: Path) -> dict[str, ledger.Patch]:
+    """The patches a revert could roll back (their state may go to ROLLED_BACK), by the id of
+    their reverse diff."""
+    m = machine.load("patch")
+    return {p.inverse: p for p in ledger.read_sound(root).values() if p.inverse and m.is_legal(p.state, "ROLLED_BACK")}
+
+
+def _roll_back_reverted(root: Path, live: dict[str, ledger.Patch], seen: list[tuple[str, str, str]]) -> list[ledger.Patch]:
+    """Roll back each live patch whose revert is among `seen` (patch id, reason, actor)."""
     rolled = []
-    for r in recorded:
-        target = live.pop(r.patch.id, None)
-        if target is not None and machine.load("patch").is_legal(target.state, "ROLLED_BACK"):
-            rolled.append(ledger.move(root, target, "ROLLED_BACK", r.patch.actor, f"reverted by commit {r.commit}"))
+    for patch_id, reason, actor in seen:
+        target = live.pop(patch_id, None)
+        if target is not None:
+            current = ledger.read_ids(root, [target.id])[target.id]
+            if machine.load("patch").is_legal(current.state, "ROLLED_BACK"):
+                rolled.append(ledger.move(root, current, "ROLLED_BACK", actor, reason))
     return rolled
+
+
+def roll_back_reverted(root: Path, actor: str) -> list[ledger.Patch]:
+    """Every live patch whose revert is in the ledger, rolled back: after a sync brought either."""
+    ids = ledger.ids_in_ledger(root)
+    live = _live_by_inverse(root)
+    return _roll_back_reverted(root, live, [(i, f"its revert {i[:12]} is in the ledger", actor) for i in sorted(ids & set(live))])
 
 
 def report(patch: ledger.Patch, steps: list[ledger.Patch] | None = None) -> dict[str, Any]:

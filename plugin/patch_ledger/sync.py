@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
-from patch_ledger import config, git, ledger, machine
+from patch_ledger import config, git, integrity, ledger, machine, patches
 from patch_ledger.errors import LedgerError
 
 ATTEMPTS = 5  # fetch-merge-push rounds before giving up on a remote that keeps moving
@@ -110,12 +110,16 @@ def sync(root: Path, remote: str | None = None, actor: str = ACTOR) -> SyncRepor
     merged: list[Merged] = []
     for attempt in range(1, ATTEMPTS + 1):
         _fetch(root, name)
+        _refuse_broken(root, tracking_prefix(name), f"{name}'s ledger", "nothing was taken; it needs fixing there")
         local, theirs = _tips(root, ledger.PREFIX, tracking_prefix(name))
         taken = _take(root, name, local, theirs, actor)
         created, forwarded, merged = created + taken.created, forwarded + taken.forwarded, [*merged, *taken.merged]
+        # a revert, or the patch it reverts, may have come in: either way the patch is rolled back
+        rolled = patches.roll_back_reverted(root, actor) if (taken.created or taken.forwarded or taken.merged) else []
         if taken.complete:
-            if all(theirs.get(i) == tip for i, tip in taken.local.items()):  # the remote has it all: no push
+            if not rolled and all(theirs.get(i) == tip for i, tip in taken.local.items()):  # the remote has it all
                 return SyncReport(name, created, forwarded, tuple(merged), 0, attempt)
+            _refuse_broken(root, ledger.PREFIX, "this ledger", "nothing was pushed; `ledger verify` names every problem")
             pushed = _push(root, name)
             if pushed is not None:
                 return SyncReport(name, created, forwarded, tuple(merged), pushed, attempt)
@@ -231,12 +235,19 @@ def _merges(root: Path, remote: str, ours: Mapping[str, ledger.Patch], theirs: M
     return [Merged(mine.id, mine.state, their.state, f["state"], tip) for (mine, their), f, tip in zip(pairs, fields, tips)]
 
 
+def _refuse_broken(root: Path, prefix: str, what: str, then: str) -> None:
+    """No illegal history travels: a broken ref is neither taken nor pushed."""
+    problems = integrity.verify_ledger(root, prefix)
+    if problems:
+        raise LedgerError(f"sync: {what} is not sound: {integrity.lines_by_ref(problems)[0]}; {then}")
+
+
 def merged_fields(mine: ledger.Patch, theirs: ledger.Patch, remote: str, actor: str) -> dict[str, object]:
     """The trailers of the merge of two histories of one patch: the stronger state by the
     machine's precedence (a tie keeps ours), its side's fields filling in from the other,
     gate results of both (the winner's where both have one)."""
-    rank = machine.load("patch").precedence.index
-    win, lose = (theirs, mine) if rank(theirs.state) < rank(mine.state) else (mine, theirs)
+    stronger = machine.load("patch").stronger([mine.state, theirs.state])
+    win, lose = (mine, theirs) if stronger == mine.state else (theirs, mine)
     filled = {k: v if v is not None else getattr(lose, k) for k, v in win._asdict().items()}
     at = max(machine.now(), mine.at, theirs.at, key=machine.time_key)  # time never goes back on either side
     return {**filled, "gates": {**lose.gates, **win.gates}, "seq": max(mine.seq, theirs.seq) + 1, "source": mine.state,

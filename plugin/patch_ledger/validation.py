@@ -103,7 +103,7 @@ def after_tree(root: Path, base_tree: str, diff: bytes) -> tuple[str | None, str
 def inverse_id(root: Path, after: str, before: str) -> str | None:
     """The patch id of the change from `after` back to `before`, named forward (a/ -> b/)
     with renames found as `git log -p` finds them: the id a recorded revert will have."""
-    reverse = git.run(root, "diff-tree", "-p", *patches.DIFF, after, before).stdout
+    reverse = git.run(root, *patches.DIFF_CONFIG, "diff-tree", "-p", *patches.DIFF, after, before).stdout
     return next(iter(patches.patch_ids(root, reverse)), (None,))[0]
 
 

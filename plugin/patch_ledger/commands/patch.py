@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from patch_ledger import git, ledger, lifecycle, patches
-from patch_ledger.errors import CHECK_FAILED, OK
+from patch_ledger import git, ledger, lifecycle, machine, patches
+from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.report import emit
 
 
@@ -46,6 +46,9 @@ def record(cwd: str, revrange: str, actor: str | None, fmt: str) -> int:
 def listing(cwd: str, states: Sequence[str], fmt: str) -> int:
     root = git.toplevel(cwd)
     wanted = {s.upper() for s in states}
+    unknown = sorted(wanted - set(machine.load("patch").states))
+    if unknown:
+        raise LedgerError(f"--state {unknown[0]}: not a Patch state ({', '.join(machine.load('patch').states)})")
     found = sorted((p for p in ledger.read_sound(root).values() if not wanted or p.state in wanted), key=lambda p: (p.at, p.id))
     emit(fmt, {"patches": [patches.report(p) for p in found]}, lambda _: "\n".join(map(_line, found)) or "no patch")
     return OK
