@@ -6,7 +6,6 @@ commit, and every history is a chain of legal steps."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import random
@@ -114,9 +113,7 @@ def _illegal(steps: list[ledger.Patch]) -> list[str]:
 
 
 def _integrity_problems(root: Path) -> list[str]:
-    """`ledger verify`'s findings, once patch_ledger.integrity exists (it is being written)."""
-    if importlib.util.find_spec("patch_ledger.integrity") is None:
-        return []
+    """`ledger verify`'s findings."""
     from patch_ledger import integrity
 
     return [f"{p.ref}: {p.message}" for p in integrity.verify_ledger(root)]

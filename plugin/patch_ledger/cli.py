@@ -65,7 +65,7 @@ def init(hooks: bool, force: bool, fmt: str) -> int:
 @cli.command()
 @FORMAT
 def status(fmt: str) -> int:
-    """Show the runs under .ledger/ and the state of their tasks."""
+    """Show the ledger (patches by state, the latest, the quarantined) and the runs under .ledger/."""
     from patch_ledger.commands import status as command
 
     return command.run(".", fmt)

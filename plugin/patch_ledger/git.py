@@ -54,6 +54,16 @@ def _object_store(root: str) -> tuple[Path, Callable[..., Any]]:
     return objects, (hashlib.sha256 if out[1].strip() == "sha256" else hashlib.sha1)
 
 
+def object_id(kind: str, payload: bytes, algorithm: Callable[..., Any] | int) -> str:
+    """The id git gives an object; `algorithm` is a hashlib constructor, or the length of an
+    id of the repository (40: SHA-1, 64: SHA-256)."""
+    if isinstance(algorithm, int):
+        import hashlib
+
+        algorithm = hashlib.sha1 if algorithm == 40 else hashlib.sha256
+    return algorithm(b"%s %d\0" % (kind.encode(), len(payload)) + payload).hexdigest()  # type: ignore[no-any-return]
+
+
 def hash_objects(root: Path, kind: str, payloads: Sequence[bytes]) -> list[str]:
     """Write objects of `kind` as git's loose objects (the zlib of `kind size\\0payload` under
     its id); their ids, in order. No process and no scratch file: a thousand commits cost
@@ -66,7 +76,7 @@ def hash_objects(root: Path, kind: str, payloads: Sequence[bytes]) -> list[str]:
     ids = []
     for payload in payloads:
         raw = b"%s %d\0" % (kind.encode(), len(payload)) + payload
-        oid = algorithm(raw).hexdigest()
+        oid = object_id(kind, payload, algorithm)
         target = objects / oid[:2] / oid[2:]
         if not target.exists():
             target.parent.mkdir(exist_ok=True)

@@ -10,7 +10,6 @@ sync merges two of them (docs/data-model.md).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import secrets
@@ -223,10 +222,8 @@ def _bytes_problem(name: str, tree: str, data: bytes | int | None, ids: list[str
 
 def _holds_only(tree: str, data: bytes) -> bool:
     """Whether `tree` is exactly what ledger.store_diffs makes of `data`: recomputed, not read."""
-    algo = hashlib.sha1 if len(tree) == 40 else hashlib.sha256
-    blob = algo(b"blob %d\0" % len(data) + data).digest()
-    entry = b"100644 " + ledger.PATCH_FILE.encode() + b"\0" + blob
-    return algo(b"tree %d\0" % len(entry) + entry).hexdigest() == tree
+    blob = git.object_id("blob", data, len(tree))
+    return git.object_id("tree", ledger.tree_object(blob), len(tree)) == tree
 
 
 # A patch after each diff, behind a `commit` line of a random id: whatever the diff's bytes do

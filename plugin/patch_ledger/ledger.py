@@ -233,12 +233,17 @@ def block_of(body: str) -> str:
     return body.rstrip("\n").replace("\n", "\x1f")
 
 
-def read_sound(root: Path) -> dict[str, Patch]:
-    """Every patch; a broken ref is bad input (run `ledger verify` to list them all)."""
-    patches, broken = read_all(root)
+def sound(found: tuple[dict[str, Patch], list[Broken]]) -> dict[str, Patch]:
+    """The patches read, when no ref was broken; a broken ref is bad input."""
+    patches, broken = found
     if broken:
         raise LedgerError(f"{broken[0].ref}: {broken[0].reason}; `ledger verify` lists every broken ref")
     return patches
+
+
+def read_sound(root: Path) -> dict[str, Patch]:
+    """Every patch; a broken ref is bad input (run `ledger verify` to list them all)."""
+    return sound(read_all(root))
 
 
 def resolve(patches: Mapping[str, Patch], given: str) -> Patch:
@@ -259,24 +264,29 @@ def find(root: Path, given: str) -> Patch:
     wanted = given.strip().lower()
     if not PREFIX_OF_ID.match(wanted):
         raise LedgerError(f"{given!r} is not a patch id; ids are hexadecimal (at least 4 digits of one)")
-    patches, broken = read_all(root, f"{PREFIX}{wanted}*")
-    if broken:
-        raise LedgerError(f"{broken[0].ref}: {broken[0].reason}; `ledger verify` lists every broken ref")
-    return resolve(patches, wanted)
+    return resolve(sound(read_all(root, f"{PREFIX}{wanted}*")), wanted)
 
 
 def history(root: Path, patch: Patch) -> list[Patch]:
     """Every transition of `patch`, oldest first (both sides of a merged history)."""
-    out = git.run(root, "log", "--topo-order", "--reverse", "--format=%H%x00%T%x00%b%x1e", patch.tip).stdout.decode("utf-8", "replace")
-    steps = []
+    return histories(root, [patch.tip]).get(patch.id, [])
+
+
+def histories(root: Path, tips: Sequence[str] = ()) -> dict[str, list[Patch]]:
+    """patch id -> its transitions, oldest first: of the histories of `tips`, or of the whole
+    ledger, in one `git log`."""
+    where = list(tips) or [f"--glob={PREFIX}*"]
+    out = git.run(root, "log", "--topo-order", "--reverse", "--format=%H%x00%T%x00%b%x1e", *where, "--").stdout.decode("utf-8", "replace")
+    steps: dict[str, list[Patch]] = {}
     for record in out.split("\x1e"):
         record = record.lstrip("\n")
         if record:
             tip, tree, body = (record.split("\0") + ["", ""])[:3]
             try:
-                steps.append(parse_block(block_of(body), tip, tree))
+                step = parse_block(block_of(body), tip, tree)
             except ValueError as e:
-                raise LedgerError(f"{patch.ref}: commit {tip[:12]} of its history: {e}; `ledger verify` lists every broken ref") from None
+                raise LedgerError(f"commit {tip[:12]} of the ledger: {e}; `ledger verify` lists every broken ref") from None
+            steps.setdefault(step.id, []).append(step)
     return steps
 
 
@@ -367,10 +377,7 @@ def read_ids(root: Path, ids: Sequence[str]) -> dict[str, Patch]:
     wanted = list(dict.fromkeys(ids))
     found: dict[str, Patch] = {}
     for start in range(0, len(wanted), 2000):  # keep the command line well under its limit
-        patches, broken = read_all(root, *(PREFIX + i for i in wanted[start:start + 2000]))
-        if broken:
-            raise LedgerError(f"{broken[0].ref}: {broken[0].reason}; `ledger verify` lists every broken ref")
-        found.update(patches)
+        found.update(sound(read_all(root, *(PREFIX + i for i in wanted[start:start + 2000]))))
     return found
 
 

@@ -51,7 +51,8 @@ def expire(root: Path, older_than: str, actor: str) -> list[ledger.Patch]:
     m = machine.load("patch")
     stale = [p for p in ledger.read_sound(root).values()
              if m.is_legal(p.state, "EXPIRED") and machine.time_key(p.at) < machine.time_key(cutoff)]
-    return [ledger.move(root, p, "EXPIRED", actor, f"no change for over {older_than}") for p in sorted(stale, key=lambda p: p.id)]
+    steps = [ledger.Step(p, "EXPIRED", actor, f"no change for over {older_than}") for p in sorted(stale, key=lambda p: p.id)]
+    return ledger.move_many(root, steps)  # one transaction, however many
 
 
 def parse_duration(text: str) -> timedelta:

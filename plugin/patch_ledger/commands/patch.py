@@ -75,8 +75,9 @@ def _step(s: ledger.Patch) -> str:
 
 def log(cwd: str, given: str | None, fmt: str) -> int:
     root = git.toplevel(cwd)
-    chosen = [ledger.find(root, given)] if given else sorted(ledger.read_sound(root).values(), key=lambda p: p.id)
-    steps = sorted(((p, s) for p in chosen for s in ledger.history(root, p)), key=lambda ps: (ps[1].at, ps[0].id, ps[1].seq))
+    chosen = [ledger.find(root, given)] if given else list(ledger.read_sound(root).values())
+    every = ledger.histories(root, [p.tip for p in chosen] if given else ())
+    steps = sorted(((p, s) for p in chosen for s in every.get(p.id, [])), key=lambda ps: (ps[1].at, ps[0].id, ps[1].seq))
     emit(fmt, {"transitions": [{"patch": p.id, "seq": s.seq, "from": s.source, "to": s.state, "at": s.at,
                                 "actor": s.actor, "reason": s.reason} for p, s in steps]},
          lambda _: "\n".join(f"{p.id[:12]}  {_step(s)}" for p, s in steps) or "the ledger is empty")
