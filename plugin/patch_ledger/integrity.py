@@ -50,8 +50,25 @@ def verify_ledger(root: Path, prefix: str = ledger.PREFIX) -> list[Problem]:
     for ref, history in histories.items():
         problems += _history_problems(ref, history)
     problems += _bytes_problems(root, histories)
+    problems += _stale_locks(root, prefix)
     order = {ref: i for i, ref in enumerate(sorted({p.ref for p in problems}))}
     return sorted(problems, key=lambda p: order[p.ref])  # stable: a ref's own problems stay oldest first
+
+
+STALE_LOCK_SECONDS = 60  # a live writer holds a ref's lock for milliseconds
+
+
+def _stale_locks(root: Path, prefix: str) -> list[Problem]:
+    """Lock files a killed writer left under the ledger's refs: every later write of that
+    ref would be refused until someone removes them."""
+    import time
+
+    where = Path(git.run(root, "rev-parse", "--git-path", prefix.rstrip("/")).stdout.decode().strip())
+    where = where if where.is_absolute() else root / where
+    old = time.time() - STALE_LOCK_SECONDS
+    return [Problem(prefix + lock.name[:-len(".lock")], None,
+                    f"a lock file left by a killed writer blocks it: remove {lock} if no git or ledger process is running")
+            for lock in sorted(where.glob("*.lock")) if lock.stat().st_mtime < old] if where.is_dir() else []
 
 
 def lines_by_ref(problems: Iterable[Problem]) -> list[str]:
