@@ -145,7 +145,7 @@ def _lifecycle_command(name: str, doc: str, needs_reason: bool = False) -> None:
         from patch_ledger.commands import patch as command
 
         act = getattr(lifecycle, name)
-        return command.move(".", lambda root, *a: act(root, patch_id, command.actor_of(root, actor), reason), fmt)
+        return command.move(".", lambda root: act(root, patch_id, command.actor_of(root, actor), reason), fmt)
 
 
 _lifecycle_command("quarantine", "APPLIED or VERIFIED -> QUARANTINED, with the reason.", needs_reason=True)
