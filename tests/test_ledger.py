@@ -122,7 +122,7 @@ def test_verify_quarantines_when_a_required_gate_did_not_pass(repo: Path) -> Non
     write(repo, ".ledger/config.yaml", "schema_version: 2\ngates:\n  - {name: tests, plugin: pytest, required: true}\n")
     proc = cli(repo, "patch", "verify", patch.id[:8], "--format", "json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["state"] == "QUARANTINED"
-    assert "tests not run" in _patch(repo, patch.id).reason
+    assert "tests PENDING" in _patch(repo, patch.id).reason
 
 
 def test_supersede_and_expire(repo: Path) -> None:

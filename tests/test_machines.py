@@ -338,6 +338,9 @@ def breaker(states: list[str], failures: int) -> dict[str, Any]:
     return builders.walk("breaker", "b1", states, target="git push", failure_threshold=3, consecutive_failures=failures)
 
 
+GATE = {"gate": "pytest", "patch": "a" * 40, "shard": "1/1", "plugin": "pytest"}
+
+
 def skipped(kind: str, reason: str, doc_id: str = "s1", **fields: Any) -> dict[str, Any]:
     start = builders.walk(kind, doc_id, [], **fields)
     return machine.step(start, kind, "SKIPPED", "tester", reason, at=builders.stamp(1))
@@ -371,8 +374,8 @@ GUARD_CASES: list[tuple[str, str, str, Callable[[], Any], list[Any]]] = [
      [("consecutive_failures",)]),
     ("breaker_opens_at_threshold", "closed-at-threshold", "breaker", lambda: breaker([], 3),
      [("consecutive_failures",)]),
-    ("skip_needs_reason", "gate-skip-with-reason", "gate", lambda: skipped("gate", "docs only", gate="pytest"), []),
-    ("skip_needs_reason", "gate-skip-without-reason", "gate", lambda: skipped("gate", "  ", gate="pytest"),
+    ("skip_needs_reason", "gate-skip-with-reason", "gate", lambda: skipped("gate", "docs only", **GATE), []),
+    ("skip_needs_reason", "gate-skip-without-reason", "gate", lambda: skipped("gate", "  ", **GATE),
      [("history", 1, "reason")]),
     ("skip_needs_reason", "workstream-skip-with-reason", "workstream",
      lambda: skipped("workstream", "not needed", run="r1", progress=0), []),

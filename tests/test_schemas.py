@@ -159,8 +159,9 @@ FIELDS: dict[str, dict[str, Any]] = {
     "worker": {"run": "r1", "host": "ci-1", "pid": 4242, "task": "t1", "heartbeat_at": "2026-01-01T00:05:00.25Z"},
     "patch": {"patch_id": "a" * 40, "seq": 1, "base": "b" * 64, "task": "t1",
               "message": "Fix the parser", "superseded_by": "p2", "gates": {"pytest": "PASSED"}},
-    "gate": {"gate": "pytest", "patch": "p1", "required": True, "shard": "1/2", "duration_s": 1.5,
-             "counts": {"passed": 3, "failed": 0}, "failures": [{"test": "test_x"}], "log": "ok"},
+    "gate": {"gate": "pytest", "patch": "a" * 40, "plugin": "pytest", "base": "b" * 40, "required": True, "shard": "1/2",
+             "duration_s": 1.5, "workers": 2, "work_s": 1.2, "counts": {"passed": 3, "failed": 0},
+             "failures": [{"test": "test_x", "message": "assert 1 == 2", "file": "t.py", "line": 3}], "log": "ok"},
     "breaker": {"run": "r1", "target": "git push", "failure_threshold": 3, "consecutive_failures": 0, "cooldown_s": 30},
     "workflow": {"run": "r1", "title": "Feature", "iterations": 1},
 }

@@ -221,6 +221,35 @@ def patch_expire(older_than: str, actor: str | None, fmt: str) -> int:
     return command.expire(".", older_than, actor, fmt)
 
 
+@cli.group()
+def gate() -> None:
+    """Gates decide whether a patch may be verified: list them, run them, record the results."""
+
+
+@gate.command("list")
+@FORMAT
+def gate_list(fmt: str) -> int:
+    """The gates of .ledger/config.yaml and the plugins that provide gate kinds."""
+    from patch_ledger.commands import gate as command
+
+    return command.listing(".", fmt)
+
+
+@gate.command("run")
+@click.argument("names", nargs=-1, metavar="[NAME...]")
+@click.option("--patch", "patch_id", metavar="ID", help="Run on this patch, applied to its base in a temporary worktree.")
+@click.option("--rev", metavar="REV", help="Run on the patch of this commit (default: HEAD; recorded if it is not yet).")
+@click.option("--shard", metavar="I/N", help="Run the I-th of N parts of each shardable gate (a CI matrix job).")
+@ACTOR
+@FORMAT
+def gate_run(names: tuple[str, ...], patch_id: str | None, rev: str | None, shard: str | None, actor: str | None, fmt: str) -> int:
+    """Run the gates NAME... (default: all) and record each result on the patch in the
+    ledger. Exit 1 when a gate FAILED."""
+    from patch_ledger.commands import gate as command
+
+    return command.run(".", names, patch_id, rev, shard, actor, fmt)
+
+
 @cli.command()
 @click.argument("remote", required=False)
 @ACTOR

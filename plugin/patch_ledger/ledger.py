@@ -293,13 +293,15 @@ def histories(root: Path, tips: Sequence[str] = ()) -> dict[str, list[Patch]]:
 # --- writing ----------------------------------------------------------------------------
 
 
-def commit_object(tree: str, parents: Iterable[str], fields: Mapping[str, Any]) -> bytes:
-    """A commit object's content: its author is the actor, its dates the transition's time."""
+def commit_object(tree: str, parents: Iterable[str], fields: Mapping[str, Any], message: str | None = None) -> bytes:
+    """A commit object's content: its author is the actor, its dates the transition's time;
+    its message the patch's trailers (or `message`: a gate result's)."""
     name = " ".join(str(fields["actor"]).replace("<", "").replace(">", "").split()) or "ledger"
     stamp = machine.epoch(fields["at"])
     lines = [f"tree {tree}", *(f"parent {p}" for p in parents),
              f"author {name} <ledger@patch-ledger.invalid> {stamp} +0000",
-             f"committer patch-ledger <ledger@patch-ledger.invalid> {stamp} +0000", "", render(fields)]
+             f"committer patch-ledger <ledger@patch-ledger.invalid> {stamp} +0000", "",
+             render(fields) if message is None else message]
     return "\n".join(lines).encode("utf-8")
 
 
@@ -307,9 +309,9 @@ def write_commit(root: Path, tree: str, parents: Iterable[str], fields: Mapping[
     return git.hash_objects(root, "commit", [commit_object(tree, parents, fields)])[0]
 
 
-def tree_object(blob: str) -> bytes:
-    """The tree of a patch: one entry, `patch.diff`, a regular file."""
-    return b"100644 " + PATCH_FILE.encode() + b"\0" + bytes.fromhex(blob)
+def tree_object(blob: str, name: str = PATCH_FILE) -> bytes:
+    """A tree of one regular file: a patch's `patch.diff` (or a gate result's document)."""
+    return b"100644 " + name.encode() + b"\0" + bytes.fromhex(blob)
 
 
 def store_diffs(root: Path, diffs: Sequence[bytes]) -> list[str]:

@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from patch_ledger import config, ledger, machine
+from patch_ledger import config, ledger, machine, results
 from patch_ledger.errors import LedgerError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -34,15 +34,20 @@ def supersede(root: Path, old: str, new: str, actor: str, reason: str) -> ledger
 
 def verify(root: Path, given: str, actor: str) -> ledger.Patch:
     """APPLIED -> VERIFIED when every required gate of the configuration PASSED for the
-    patch, otherwise QUARANTINED naming the gates that did not."""
+    patch at its current base (or was SKIPPED: the patch touches none of its paths),
+    otherwise QUARANTINED naming the gates that did not. The states of every gate are kept
+    in the transition's Ledger-Gates trailer."""
     patch = ledger.find(root, given)
     if patch.state != "APPLIED":
         raise LedgerError(f"patch {patch.id[:12]} is {patch.state}; only an APPLIED patch is verified")
-    missing = [g for g in config.required_gates(config.load(root)) if patch.gates.get(g) != "PASSED"]
+    required = config.required_gates(config.load(root))
+    verdicts = results.summary(results.by_patch(results.read_sound(root, [patch.id])).get(patch.id, {}), patch.base, required)
+    gates = {name: v.state for name, v in verdicts.items()}
+    missing = [g for g in required if gates[g] not in ("PASSED", "SKIPPED")]
     if missing:
-        said = ", ".join(f"{g} {patch.gates.get(g, 'not run')}" for g in missing)
-        return ledger.move(root, patch, "QUARANTINED", actor, f"required gate(s) did not pass: {said}")
-    return ledger.move(root, patch, "VERIFIED", actor, "every required gate passed")
+        said = ", ".join(f"{g} {verdicts[g].state} ({verdicts[g].reason})" for g in missing)
+        return ledger.move(root, patch, "QUARANTINED", actor, f"required gate(s) did not pass: {said}", gates=gates)
+    return ledger.move(root, patch, "VERIFIED", actor, "every required gate passed" if required else "no gate is required", gates=gates)
 
 
 def expire(root: Path, older_than: str, actor: str) -> list[ledger.Patch]:

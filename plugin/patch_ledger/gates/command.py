@@ -1,0 +1,45 @@
+"""The `command` gate: any command, run in the checkout; its exit code is the verdict.
+
+Its whole process group is killed at the gate's timeout, its output goes to a log file and
+an excerpt of it to the ledger. A sharded run tells the command its part in the environment
+(LEDGER_SHARD=I/N, LEDGER_SHARD_INDEX, LEDGER_SHARD_COUNT); the command splits its work.
+"""
+
+from __future__ import annotations
+
+import os
+
+from patch_ledger import proc
+from patch_ledger.hookspecs import Gate, Kind, Outcome, Work, hookimpl
+
+ARGS = {
+    "type": "object",
+    "required": ["command"],
+    "additionalProperties": False,
+    "properties": {
+        "command": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                    "description": "the program and its arguments (no shell: write [sh, -c, ...] for one)"},
+        "ok_codes": {"type": "array", "minItems": 1, "items": {"type": "integer"},
+                     "description": "exit codes that pass (default [0])"},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+@hookimpl
+def ledger_gate_kinds() -> list[Kind]:
+    return [Kind("command", "any command; its exit code is the verdict", ARGS, shardable=True)]
+
+
+@hookimpl
+def ledger_gate_run(gate: Gate, work: Work) -> Outcome | None:
+    if gate.plugin != "command":
+        return None
+    index, count = work.shard
+    env = {**os.environ, **gate.args.get("env", {}), "LEDGER_PATCH": work.patch, "LEDGER_BASE": work.base or "",
+           "LEDGER_GATE": gate.name, "LEDGER_SHARD": f"{index}/{count}", "LEDGER_SHARD_INDEX": str(index),
+           "LEDGER_SHARD_COUNT": str(count)}
+    finished = proc.run_bounded(gate.args["command"], work.checkout, work.log, work.timeout, env)
+    passed = not finished.timed_out and finished.returncode in gate.args.get("ok_codes", [0])
+    return Outcome("PASSED" if passed else "FAILED", f"{gate.args['command'][0]}: {proc.describe(finished, work.timeout)}",
+                   log=proc.excerpt(finished.log), workers=1)

@@ -1,0 +1,295 @@
+"""The gate runner: the plugins (the built-ins and the `patch_ledger.gates` entry points),
+the configured gates checked against them, each gate run against a patch within its timeout,
+and its result recorded in the ledger (patch_ledger.results)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import threading
+import time
+import traceback
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import pluggy
+
+from patch_ledger import config, git, hookspecs, proc, results
+from patch_ledger.errors import LedgerError
+from patch_ledger.hookspecs import Failure, Gate, Kind, Outcome, Work
+
+GROUP = "patch_ledger.gates"
+BUILTIN = ("configured", "command", "check", "diff_policy", "pytest_gate")
+DEFAULT_TIMEOUT_S = 1800.0  # a gate without `timeout:` is stopped after half an hour
+GRACE_S = 5.0  # an in-process plugin still busy this long past its timeout is abandoned
+MAX_FAILURES = 1000  # of one result (schemas/gate.json)
+MAX_LOG_CHARS = 20_000
+MAX_MESSAGE_CHARS = 4_000
+_REF_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")  # and not ending in .lock
+
+
+class Plugins(NamedTuple):
+    manager: pluggy.PluginManager
+    kinds: dict[str, tuple[Kind, str]]  # kind name -> (the kind, the plugin that provides it)
+    broken: dict[str, str]  # plugin name -> why it cannot be used
+
+
+def plugins() -> Plugins:
+    """Every gate plugin, each checked as it is registered: the built-ins, then the entry
+    points. One that fails to load or to register is set aside with the reason."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in BUILTIN:
+        pm.register(importlib.import_module(f"patch_ledger.gates.{name}"), name=name)
+    broken: dict[str, str] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            _register(pm, ep.load(), ep.name)
+        except Exception as e:  # noqa: BLE001 - anyone's code: say what it did
+            broken[ep.name] = f"could not be loaded ({ep.value}): {type(e).__name__}: {_first_line(e)}"
+    return Plugins(pm, *_kinds(pm, broken))
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    pm.register(plugin, name=name)  # refuses a hook whose parameters the spec does not name
+    try:
+        pm.check_pending()  # refuses a `ledger_gate_*` hook that is not in the spec
+    except pluggy.PluginValidationError:
+        pm.unregister(plugin)
+        raise
+
+
+def _kinds(pm: pluggy.PluginManager, broken: dict[str, str]) -> tuple[dict[str, tuple[Kind, str]], dict[str, str]]:
+    kinds: dict[str, tuple[Kind, str]] = {}
+    for impl in reversed(pm.hook.ledger_gate_kinds.get_hookimpls()):  # registration order: built-ins first
+        try:
+            offered = list(impl.function())
+        except Exception as e:  # noqa: BLE001
+            broken[impl.plugin_name] = f"ledger_gate_kinds raised {type(e).__name__}: {_first_line(e)}"
+            continue
+        for kind in offered:
+            if not isinstance(kind, Kind) or not isinstance(kind.name, str):
+                broken[impl.plugin_name] = f"ledger_gate_kinds returned {kind!r}, not a patch_ledger.hookspecs.Kind"
+            elif kind.name in kinds:
+                broken[impl.plugin_name] = f"offers the gate kind {kind.name!r}, which {kinds[kind.name][1]} provides already"
+            else:
+                kinds[kind.name] = (kind, impl.plugin_name)
+    return kinds, broken
+
+
+def configured(root: Path, found: Plugins) -> list[Gate]:
+    """The gates to run (config and plugins), each checked against its kind: a gate of no
+    known plugin, or with arguments its plugin does not take, is bad input."""
+    cfg = config.load(root)
+    gates = [g for batch in found.manager.hook.ledger_gate_collect(root=root, config=cfg) for g in batch or ()]
+    seen: set[str] = set()
+    for gate in gates:
+        if not isinstance(gate, Gate):
+            raise LedgerError(f"a gate plugin's ledger_gate_collect returned {gate!r}, not a patch_ledger.hookspecs.Gate; "
+                              "`ledger gate list` names the plugins")
+        where = f"{config.PATH}: gate {gate.name!r}"
+        if gate.name in seen:
+            raise LedgerError(f"{where} is named twice; give each gate its own name")
+        seen.add(gate.name)
+        if not _REF_SAFE.match(gate.name) or gate.name.endswith(".lock"):
+            raise LedgerError(f"{where}: the name cannot be part of a git ref; use letters, digits, '-', '_' and '.'")
+        if gate.plugin not in found.kinds and gate.plugin not in found.broken:
+            raise LedgerError(f"{where}: no plugin provides {gate.plugin!r}; available: {', '.join(sorted(found.kinds))}"
+                              + _broken_note(found))
+        if gate.plugin in found.kinds:
+            problem = _args_problem(found.kinds[gate.plugin][0], gate.args)
+            if problem:
+                raise LedgerError(f"{where} (plugin {gate.plugin}): args: {problem}; `ledger gate list` shows what each plugin takes")
+    return gates
+
+
+def _broken_note(found: Plugins) -> str:
+    return "".join(f"; plugin {name} {why}" for name, why in sorted(found.broken.items()))
+
+
+def _args_problem(kind: Kind, args: Mapping[str, Any]) -> str | None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    error = best_match(Draft202012Validator(dict(kind.args)).iter_errors(dict(args)))
+    if error is None:
+        return None
+    where = "/".join(map(str, error.absolute_path))
+    return f"{where + ': ' if where else ''}{error.message}"
+
+
+def select(gates: Sequence[Gate], names: Sequence[str]) -> list[Gate]:
+    """The gates named (all when none is), in the order given; an unknown name is bad input."""
+    if not names:
+        return list(gates)
+    by_name = {g.name: g for g in gates}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or f"none; add gates to {config.PATH}"
+        raise LedgerError(f"no gate named {unknown[0]!r} in {config.PATH} (gates: {known})")
+    return [by_name[n] for n in dict.fromkeys(names)]
+
+
+def relevant(gate: Gate, paths: Iterable[str]) -> bool:
+    return not gate.paths or any(p.startswith(prefix) for p in paths for prefix in gate.paths)
+
+
+def run_one(found: Plugins, gate: Gate, work: Work) -> Outcome:
+    """The gate's outcome, whatever its plugin does: an exception, a hang past the timeout
+    or a malformed answer becomes a FAILED outcome naming the plugin."""
+    if gate.plugin in found.broken:
+        return Outcome("FAILED", f"plugin {gate.plugin} {found.broken[gate.plugin]}")
+    provider = found.kinds[gate.plugin][1]
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["outcome"] = found.manager.hook.ledger_gate_run(gate=gate, work=work)
+        except BaseException as e:  # noqa: BLE001 - reported as the gate's result
+            box["error"] = e
+
+    thread = threading.Thread(target=call, name=f"gate {gate.name}", daemon=True)
+    thread.start()
+    try:
+        thread.join(work.timeout + GRACE_S)
+    except BaseException:  # Ctrl-C: no command of a gate outlives us
+        proc.kill_all()
+        raise
+    if thread.is_alive():
+        proc.kill_all()
+        return Outcome("FAILED", f"plugin {provider} did not finish within the gate's timeout of {work.timeout:g} s")
+    if "error" in box:
+        e = box["error"]
+        trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        return Outcome("FAILED", f"plugin {provider} raised {type(e).__name__}: {_first_line(e)}", log=trace)
+    return _checked(box.get("outcome"), provider)
+
+
+def _checked(outcome: Any, provider: str) -> Outcome:
+    if not isinstance(outcome, Outcome):
+        what = "nothing" if outcome is None else f"a {type(outcome).__name__}"
+        return Outcome("FAILED", f"plugin {provider} returned {what}, not a patch_ledger.hookspecs.Outcome")
+    if outcome.state not in results.FINISHED:
+        return Outcome("FAILED", f"plugin {provider} returned the state {outcome.state!r}, not PASSED, FAILED or SKIPPED")
+    counts = {str(k): v for k, v in dict(outcome.counts).items() if isinstance(v, int) and v >= 0 and re.fullmatch(r"[a-z_]+", str(k))}
+    failures = tuple(f for f in outcome.failures if isinstance(f, Failure))[:MAX_FAILURES]
+    reason = outcome.reason or ("no reason given" if outcome.state == "SKIPPED" else outcome.state.lower())
+    return outcome._replace(reason=reason, counts=counts, failures=failures)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+# --- running and recording --------------------------------------------------------------
+
+
+class Target(NamedTuple):
+    """A patch checked out: where its gates run."""
+
+    patch: str
+    base: str | None
+    diff: bytes
+    paths: tuple[str, ...]
+    checkout: Path
+
+
+def run(root: Path, found: Plugins, gates: Sequence[Gate], target: Target, shard: tuple[int, int], actor: str,
+        on_result: Any = None) -> list[dict[str, Any]]:
+    """Run each gate against `target` and record its result: RUNNING when it starts, its
+    outcome when it ends (or SKIPPED at once when the patch touches none of its paths). A
+    gate that cannot be split runs whole on shard 1 and not at all on the others."""
+    done = []
+    for gate in gates:
+        kind = found.kinds.get(gate.plugin, (Kind(gate.plugin, ""), gate.plugin))[0]
+        part = shard if kind.shardable else (1, 1)
+        if not kind.shardable and shard[0] != 1:
+            continue
+        doc = results.begin(target.patch, gate.name, f"{part[0]}/{part[1]}", target.base, gate.plugin, gate.required, actor)
+        if not relevant(gate, target.paths):
+            doc = results.step(doc, "SKIPPED", actor, f"the patch touches none of its paths ({', '.join(gate.paths)})")
+            results.save(root, doc, None)
+        else:
+            doc = _run_recorded(root, found, gate, target, part, doc, actor)
+        done.append(doc)
+        _report(found, gate, doc)
+        if on_result is not None:
+            on_result(doc)
+    return done
+
+
+def _run_recorded(root: Path, found: Plugins, gate: Gate, target: Target, part: tuple[int, int],
+                  doc: dict[str, Any], actor: str) -> dict[str, Any]:
+    doc = results.step(doc, "RUNNING", actor, "started")
+    tip = results.save(root, doc, None)
+    timeout = float(gate.timeout or DEFAULT_TIMEOUT_S)
+    log = log_dir(root) / f"{target.patch[:12]}-{gate.name}-{doc['id']}.log"
+    work = Work(target.checkout, root, target.patch, target.base, target.diff, target.paths, part, timeout, log,
+                tuple(earlier(root, gate.name)))
+    start = time.monotonic()
+    try:
+        outcome = run_one(found, gate, work)
+    except BaseException:  # interrupted: the attempt says so rather than staying RUNNING
+        results.save(root, results.step(doc, "FAILED", actor, "interrupted before it finished"), tip)
+        raise
+    doc = finish(doc, outcome, time.monotonic() - start, actor)
+    results.save(root, doc, tip)
+    return doc
+
+
+def finish(doc: Mapping[str, Any], outcome: Outcome, duration_s: float, actor: str) -> dict[str, Any]:
+    """The attempt moved to its outcome, with what the outcome says, cut to the ledger's limits."""
+    fields: dict[str, Any] = {"duration_s": round(duration_s, 3), "counts": dict(outcome.counts),
+                              "failures": [_failure(f) for f in outcome.failures[:MAX_FAILURES]],
+                              "log": _cut(outcome.log, MAX_LOG_CHARS), "workers": max(0, int(outcome.workers))}
+    if outcome.work_s is not None:
+        fields["work_s"] = round(max(0.0, float(outcome.work_s)), 3)
+    return results.step(doc, outcome.state, actor, _cut(outcome.reason, MAX_MESSAGE_CHARS), **fields)
+
+
+def record_finished(root: Path, gate: str, plugin: str, target: Target, shard: tuple[int, int], outcome: Outcome,
+                    started_at: str, duration_s: float, actor: str) -> dict[str, Any]:
+    """Record a gate that ran outside the runner (the pytest plugin, in someone's CI job):
+    one commit holding its whole attempt, started at `started_at`."""
+    required = any(g.get("name") == gate and g.get("required") for g in config.load(root).get("gates", []))
+    doc = results.begin(target.patch, gate, f"{shard[0]}/{shard[1]}", target.base, plugin, required, actor, started_at)
+    doc = results.step(doc, "RUNNING", actor, "started", at=started_at)
+    doc = finish(doc, _checked(outcome, plugin), duration_s, actor)
+    results.save(root, doc, None)
+    return doc
+
+
+def _failure(f: Failure) -> dict[str, Any]:
+    line = f.line if isinstance(f.line, int) and f.line >= 0 else None
+    return {"test": str(f.test), "file": None if f.file is None else str(f.file), "line": line,
+            "message": _cut(str(f.message), MAX_MESSAGE_CHARS)}
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2 - 40
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters omitted ...]\n{text[-half:]}"
+
+
+def _report(found: Plugins, gate: Gate, doc: Mapping[str, Any]) -> None:
+    try:
+        found.manager.hook.ledger_gate_report(gate=gate, result=doc)
+    except Exception as e:  # noqa: BLE001 - the result is recorded; an observer's failure is not the gate's
+        print(f"warning: a ledger_gate_report hook raised {type(e).__name__}: {_first_line(e)}", flush=True)
+
+
+def earlier(root: Path, gate: str, count: int = 3) -> list[dict[str, Any]]:
+    """The gate's latest finished results on any patch (documents, newest first): what the
+    pytest gate learns its parallelism from."""
+    found = results.latest(root, gate, 20)
+    finished = sorted((r for r in found if r.state in ("PASSED", "FAILED")), key=lambda r: r.id, reverse=True)[:count]
+    docs = results.documents(root, finished)
+    return [docs[r.ref] for r in finished if r.ref in docs]
+
+
+def log_dir(root: Path) -> Path:
+    common = Path(git.run(root, "rev-parse", "--git-common-dir").stdout.decode().strip())
+    return (common if common.is_absolute() else root / common) / "ledger" / "logs"
