@@ -56,7 +56,8 @@ def run(cwd: str, names: Sequence[str], patch: str | None, rev: str | None, shar
         if printed:
             print(f"patch {target.patch[:12]} on {(target.base or 'the empty tree')[:12]}"
                   + ("" if target.checkout == root else f", in a clean worktree ({target.checkout})"), flush=True)
-        done = gating.run(root, found, gates, target, part, who, on_result=_print_result if printed else None)
+        width = max((len(g.name) for g in gates), default=0) + (6 if part[1] > 1 else 0)
+        done = gating.run(root, found, gates, target, part, who, on_result=(lambda d: _print_result(d, width)) if printed else None)
     if not printed:
         emit(fmt, {"patch": target.patch, "base": target.base, "shard": f"{part[0]}/{part[1]}", "results": done}, str)
     elif not done:
@@ -65,15 +66,15 @@ def run(cwd: str, names: Sequence[str], patch: str | None, rev: str | None, shar
     return CHECK_FAILED if any(d["state"] == "FAILED" for d in done) else OK
 
 
-def _print_result(doc: Mapping[str, Any]) -> None:
+def _print_result(doc: Mapping[str, Any], width: int) -> None:
     took = f"{doc['duration_s']:.1f} s" if "duration_s" in doc else "-"
-    shard = f" [{doc['shard']}]" if doc["shard"] != "1/1" else ""
-    print(f"  {doc['gate']}{shard}  {doc['state']:<7} {took:>8}  {doc['history'][-1]['reason']}", flush=True)
+    name = doc["gate"] + (f" [{doc['shard']}]" if doc["shard"] != "1/1" else "")
+    print(f"  {name:<{width}}  {doc['state']:<7} {took:>8}  {doc['history'][-1]['reason']}", flush=True)
     for f in doc.get("failures", [])[:10]:
         where = f"{f['file']}:{f['line']}: " if f.get("file") and f.get("line") else ""
         print(f"    {f['test']}  {where}{f['message'].splitlines()[0] if f['message'] else ''}"[:200], flush=True)
     if len(doc.get("failures", [])) > 10:
-        print(f"    ... and {len(doc['failures']) - 10} more (`ledger gate show` / --format json)", flush=True)
+        print(f"    ... and {len(doc['failures']) - 10} more (--format json lists them all)", flush=True)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
