@@ -21,13 +21,20 @@ def test_demo_accepts_the_valid_and_refuses_the_invalid(tmp_path: Path) -> None:
     assert report["ok"] is True
     assert [s["got"] for s in report["steps"]] == ["accepted"] * 2 + ["refused"] * 6
     assert all(s["expected"] == s["got"] for s in report["steps"])
-    assert [a["got"] for a in report["ledger"]] == ["PENDING PENDING", "PENDING", "VERIFIED", "REJECTED", "APPLIED", "ROLLED_BACK", "sound"]
+    assert [a["got"] for a in report["ledger"]] == ["PENDING PENDING", "PENDING", "VERIFIED", "REJECTED", "APPLIED", "ROLLED_BACK",
+                                                    "QUARANTINED", "ROLLED_BACK", "sound"]
+    assert "tests FAILED" in report["ledger"][6]["detail"] and "test_power" in report["ledger"][6]["detail"]
     assert ledger(target, "verify").returncode == 0
     # the kept repository is sound, and its history holds the two accepted commits
     assert ledger(target, "check").returncode == 0
     log = subprocess.run(["git", "-C", str(target), "log", "--format=%s"], capture_output=True, text=True).stdout.splitlines()
-    assert len(log) == 4 and log[1] == "add subtract()" and log[0].startswith("Revert")  # 2 checked commits, the patch, its revert
+    # 2 checked commits, the patch, its revert, the breaking patch, its roll-back
+    assert len(log) == 6 and log[3] == "add subtract()" and log[2].startswith("Revert") and log[0].startswith("Roll back")
     assert (target / "tests" / "test_calc.py").is_file()
+    # the demo repository is where `pytest --ledger-gate NAME` can be tried: it records HEAD's patch
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--ledger-gate", "tests", "tests/"],
+                          cwd=target, capture_output=True, text=True)
+    assert proc.returncode == 0 and "ledger: recorded gate tests PASSED" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_demo_text_shows_each_refusal_with_its_location(tmp_path: Path) -> None:

@@ -273,6 +273,17 @@ def by_patch(found: Iterable[Result]) -> dict[str, dict[str, list[Result]]]:
     return out
 
 
+def of_patches(root: Path, patches: Sequence[Any], names: Iterable[str] = ()) -> dict[str, dict[str, Verdict]]:
+    """patch id -> gate -> its verdict at the patch's base, for ledger.Patch-es `patches`
+    (one `for-each-ref` of their results); `names` (the required gates) appear even
+    without a result, as PENDING."""
+    if not patches:
+        return {}
+    found = by_patch(read_sound(root, [p.id for p in patches]))
+    wanted = list(names)
+    return {p.id: summary(found.get(p.id, {}), p.base, wanted) for p in patches}
+
+
 def summary(attempts: Mapping[str, list[Result]], base: str | None, names: Iterable[str] = ()) -> dict[str, Verdict]:
     """gate -> its verdict for one patch at `base`: every gate with an attempt, and `names`
     (the configured ones) even without one, as PENDING."""

@@ -1,13 +1,14 @@
 """The second act of `ledger demo`: the patch ledger in the same repository. Commits are
-recorded as patches, a change is validated, applied and verified, a patch that breaks the
-policy is rejected, and a recorded revert rolls an applied patch back."""
+recorded as patches, a change is validated, applied, passes its gates and is verified, a
+patch that breaks the policy is rejected, a recorded revert rolls an applied patch back, and
+a change that breaks a test fails its gate and is quarantined, then rolled back."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from patch_ledger import git, integrity, ledger, lifecycle, patches, validation
+from patch_ledger import gating, git, integrity, ledger, lifecycle, patches, results, targets, validation
 
 AGENT = "agent-7"
 
@@ -29,10 +30,15 @@ def play(root: Path) -> list[Act]:
     act("record the two commits of main as patches", "PENDING PENDING", lambda: _record(root))
     change = {}
     act("an agent's change to src/calc.py, recorded from the working tree", "PENDING", lambda: _add(root, change))
-    act("validated in a temporary index, applied as a commit, verified", "VERIFIED", lambda: _ship(root, change["id"]))
+    act("validated in a temporary index, applied as a commit, its gates passed, verified", "VERIFIED",
+        lambda: _ship(root, change["id"]))
     act("a patch that edits .github/workflows/ (a forbidden path)", "REJECTED", lambda: _forbidden(root))
     act("quarantined after a report, then released", "APPLIED", lambda: _quarantine(root, change["id"]))
     act("someone reverts the commit; recording the revert", "ROLLED_BACK", lambda: _revert(root, change["id"]))
+    broken = {}
+    act("an agent's change that breaks power(): applied, its tests fail, verify quarantines it", "QUARANTINED",
+        lambda: _break(root, broken))
+    act("the quarantined patch rolled back (main is green again)", "ROLLED_BACK", lambda: _roll_back(root, broken["id"]))
     act("ledger verify: every ledger ref well-formed and legal", "sound", lambda: _verify(root))
     return acts
 
@@ -54,8 +60,36 @@ def _add(root: Path, change: dict[str, str]) -> tuple[str, str]:
 def _ship(root: Path, patch_id: str) -> tuple[str, str]:
     validation.validate(root, patch_id, "ci")
     applied = validation.apply(root, patch_id, "ci", None)
+    gates = _gate(root, patch_id)
     verified = lifecycle.verify(root, patch_id, "ci")
-    return verified.state, applied.reason
+    return verified.state, f"{applied.reason}; gates: {gates}"
+
+
+def _gate(root: Path, patch_id: str) -> str:
+    """Every gate of the demo's configuration run on the patch (applied to its base in a
+    temporary worktree) and recorded in refs/ledger/gates/."""
+    found = gating.plugins()
+    with targets.of_patch(root, patch_id) as target:
+        done = gating.run(root, found, gating.configured(root, found), target, (1, 1), "ci")
+    return ", ".join(f"{d['gate']} {d['state']} ({d['history'][-1]['reason']})" for d in done)
+
+
+def _break(root: Path, broken: dict[str, str]) -> tuple[str, str]:
+    calc = root / "src" / "calc.py"
+    calc.write_text(calc.read_text().replace("return base**exponent", "return base * exponent  # faster"))
+    patch, _ = patches.add(root, None, None, "speed-up", AGENT, "make power() faster")
+    git.run(root, "checkout", "--", "src/calc.py", env=git.clean_env())
+    broken["id"] = patch.id
+    validation.validate(root, patch.id, "ci")
+    validation.apply(root, patch.id, "ci", None)
+    _gate(root, patch.id)
+    quarantined = lifecycle.verify(root, patch.id, "ci")
+    return quarantined.state, quarantined.reason
+
+
+def _roll_back(root: Path, patch_id: str) -> tuple[str, str]:
+    rolled = validation.rollback(root, patch_id, "oncall", None)
+    return rolled.state, rolled.reason
 
 
 def _forbidden(root: Path) -> tuple[str, str]:
@@ -84,5 +118,5 @@ def _revert(root: Path, patch_id: str) -> tuple[str, str]:
 
 def _verify(root: Path) -> tuple[str, str]:
     problems = integrity.verify_ledger(root)
-    count = len(ledger.read_sound(root))
-    return ("sound" if not problems else "broken"), f"{count} patches" if not problems else problems[0].message
+    count, gated = len(ledger.read_sound(root)), len(results.read_sound(root))
+    return ("sound" if not problems else "broken"), f"{count} patches, {gated} gate results" if not problems else problems[0].message

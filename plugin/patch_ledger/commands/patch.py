@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from patch_ledger import git, ledger, lifecycle, machine, patches
+from patch_ledger import config, git, ledger, lifecycle, machine, patches, results
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.report import emit
 
@@ -58,14 +58,16 @@ def show(cwd: str, given: str, fmt: str) -> int:
     root = git.toplevel(cwd)
     patch = ledger.find(root, given)
     steps = ledger.history(root, patch)
+    verdicts = results.of_patches(root, [patch], config.required_gates(config.load(root)))[patch.id]
+    gates = {g: {"state": v.state, "reason": v.reason, "attempts": [r.id for r in v.attempts]} for g, v in verdicts.items()}
     def text(_: Any) -> str:
         head = [f"patch {patch.id}", f"state    {patch.state} (seq {patch.seq})", f"base     {patch.base or '-'}",
                 f"task     {patch.task or '-'}", f"message  {patch.message or '-'}",
-                f"gates    {', '.join(f'{k}={v}' for k, v in sorted(patch.gates.items())) or '-'}"]
+                "gates    " + ("\n         ".join(f"{g} {v['state']}: {v['reason']}" for g, v in gates.items()) or "-")]
         if patch.superseded_by:
             head.append(f"superseded by {patch.superseded_by}")
         return "\n".join(head + ["", *map(_step, steps)])
-    emit(fmt, patches.report(patch, steps), text)
+    emit(fmt, {**patches.report(patch, steps), "gate_results": gates}, text)
     return OK
 
 

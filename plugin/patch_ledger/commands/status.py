@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from patch_ledger import git, ledger
+from patch_ledger import config, git, ledger, machine, results
 from patch_ledger.errors import OK
 from patch_ledger.layout import ROOT, classify
 from patch_ledger.report import emit
@@ -27,8 +27,14 @@ def _patches(root: Path) -> dict[str, Any]:
     patches = ledger.read_sound(root)
     latest = heapq.nlargest(RECENT, patches.values(), key=lambda p: (p.at, p.id))
     quarantined = sorted((p for p in patches.values() if p.state == "QUARANTINED"), key=lambda p: (p.at, p.id), reverse=True)
+    final = machine.load("patch").terminal
+    # the gates of the patches shown: one for-each-ref of their results, judged at each one's base
+    gates = results.of_patches(root, list({p.id: p for p in (*latest, *quarantined)}.values()),
+                               config.required_gates(config.load(root)))
     summary = lambda p: {"id": p.id, "state": p.state, "seq": p.seq, "at": p.at, "actor": p.actor,  # noqa: E731
-                         "message": p.message, "reason": p.reason}
+                         "message": p.message, "reason": p.reason,
+                         "gates": {g: {"state": v.state, "reason": v.reason} for g, v in gates.get(p.id, {}).items()
+                                   if v.attempts or p.state not in final}}  # a finished patch waits for no gate
     return {"total": len(patches), "by_state": dict(sorted(Counter(p.state for p in patches.values()).items())),
             "recent": [summary(p) for p in latest],
             "quarantined": [summary(p) for p in quarantined]}
@@ -56,10 +62,15 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _gates(patch: dict[str, Any]) -> str:
+    return "  [" + " ".join(f"{g}:{v['state']}" for g, v in patch["gates"].items()) + "]" if patch["gates"] else ""
+
+
 def _text(report: dict[str, Any]) -> str:
     p = report["patches"]
     lines = [f"patches: {p['total']}" + (f" ({', '.join(f'{n} {s}' for s, n in p['by_state'].items())})" if p["total"] else "")]
-    lines += [f"  {x['id'][:12]}  {x['state']:<11} {x['at'][:19]}  {x['actor']}  {x['message'] or ''}".rstrip() for x in p["recent"]]
+    lines += [f"  {x['id'][:12]}  {x['state']:<11} {x['at'][:19]}  {x['actor']}  {x['message'] or ''}{_gates(x)}".rstrip()
+              for x in p["recent"]]
     if p["quarantined"]:
         lines.append(f"quarantined: {len(p['quarantined'])}")
         lines += [f"  {x['id'][:12]}  {x['reason']}" for x in p["quarantined"]]
