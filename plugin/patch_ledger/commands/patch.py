@@ -59,7 +59,7 @@ def show(cwd: str, given: str, fmt: str) -> int:
     patch = ledger.find(root, given)
     steps = ledger.history(root, patch)
     verdicts = results.of_patches(root, [patch], config.required_gates(config.load(root)))[patch.id]
-    gates = {g: {"state": v.state, "reason": v.reason, "attempts": [r.id for r in v.attempts]} for g, v in verdicts.items()}
+    gates = {g: {"state": v.state, "reason": v.reason} for g, v in verdicts.items()}
     def text(_: Any) -> str:
         head = [f"patch {patch.id}", f"state    {patch.state} (seq {patch.seq})", f"base     {patch.base or '-'}",
                 f"task     {patch.task or '-'}", f"message  {patch.message or '-'}",
@@ -67,7 +67,9 @@ def show(cwd: str, given: str, fmt: str) -> int:
         if patch.superseded_by:
             head.append(f"superseded by {patch.superseded_by}")
         return "\n".join(head + ["", *map(_step, steps)])
-    emit(fmt, {**patches.report(patch, steps), "gate_results": gates}, text)
+    # `gates` as the schema has it (name -> state), judged now from refs/ledger/gates/ rather
+    # than the snapshot the last transition's trailer kept
+    emit(fmt, {**patches.report(patch, steps), **({"gates": {g: v["state"] for g, v in gates.items()}} if gates else {})}, text)
     return OK
 
 
