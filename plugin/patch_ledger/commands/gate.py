@@ -54,7 +54,7 @@ def run(cwd: str, names: Sequence[str], patch: str | None, rev: str | None, shar
     printed = fmt == "text"
     with where as target:
         if printed:
-            print(f"patch {target.patch[:12]} on {(target.base or 'the empty tree')[:12]}"
+            print(f"patch {target.patch[:12]} on {target.base[:12] if target.base else 'the empty tree'}"
                   + ("" if target.checkout == root else f", in a clean worktree ({target.checkout})"), flush=True)
         width = max((len(g.name) for g in gates), default=0) + (6 if part[1] > 1 else 0)
         done = gating.run(root, found, gates, target, part, who, on_result=(lambda d: _print_result(d, width)) if printed else None)

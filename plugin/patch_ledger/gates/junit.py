@@ -3,6 +3,7 @@ test's file and line): counts, every failing test with its node id, and the time
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import NamedTuple
@@ -63,7 +64,10 @@ def _failure(case: ET.Element, bad: ET.Element) -> Failure:
 
 
 def _seconds(text: str | None) -> float:
+    """A test's time; a negative, infinite or NaN one (a hand-made or broken file) counts as
+    nothing, so the sum stays a number the ledger can store."""
     try:
-        return max(0.0, float(text)) if text else 0.0
+        value = float(text) if text else 0.0
     except ValueError:
         return 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
