@@ -41,5 +41,15 @@ def ledger_gate_run(gate: Gate, work: Work) -> Outcome | None:
            "LEDGER_SHARD_COUNT": str(count)}
     finished = proc.run_bounded(gate.args["command"], work.checkout, work.log, work.timeout, env)
     passed = not finished.timed_out and finished.returncode in gate.args.get("ok_codes", [0])
-    return Outcome("PASSED" if passed else "FAILED", f"{gate.args['command'][0]}: {proc.describe(finished, work.timeout)}",
-                   log=proc.excerpt(finished.log), workers=1)
+    log = proc.excerpt(finished.log)
+    said = f"{gate.args['command'][0]}: {proc.describe(finished, work.timeout)}"
+    if not passed and not finished.timed_out:
+        said += _last_words(log)
+    return Outcome("PASSED" if passed else "FAILED", said, log=log, workers=1)
+
+
+def _last_words(log: str, limit: int = 200) -> str:
+    """The last line the command wrote, which usually says why it failed (a missing program
+    says "could not start ..."): the reason in `ledger status` is then enough to act on."""
+    last = next((line.strip() for line in reversed(log.splitlines()) if line.strip()), "")
+    return f" ({last[:limit]}{'...' if len(last) > limit else ''})" if last else ""
