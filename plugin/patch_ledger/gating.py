@@ -5,6 +5,7 @@ and its result recorded in the ledger (patch_ledger.results)."""
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import threading
 import time
@@ -15,7 +16,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import pluggy
 
-from patch_ledger import config, git, hookspecs, proc, results
+from patch_ledger import config, git, hookspecs, proc, results, schemas
 from patch_ledger.errors import LedgerError
 from patch_ledger.hookspecs import Failure, Gate, Kind, Outcome, Work
 
@@ -32,7 +33,10 @@ _REF_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*$")  # a
 class Plugins(NamedTuple):
     manager: pluggy.PluginManager
     kinds: dict[str, tuple[Kind, str]]  # kind name -> (the kind, the plugin that provides it)
-    broken: dict[str, str]  # plugin name -> why it cannot be used
+    broken: dict[str, str]  # plugin name -> why it cannot be used; none of its hooks is called
+
+
+HOOKS = frozenset(name for name in dir(hookspecs) if name.startswith("ledger_gate_"))
 
 
 def plugins() -> Plugins:
@@ -42,52 +46,79 @@ def plugins() -> Plugins:
     pm.add_hookspecs(hookspecs)
     for name in BUILTIN:
         pm.register(importlib.import_module(f"patch_ledger.gates.{name}"), name=name)
-    broken: dict[str, str] = {}
+    found = Plugins(pm, {}, {})
     for ep in entry_points(group=GROUP):
         try:
-            _register(pm, ep.load(), ep.name)
-        except Exception as e:  # noqa: BLE001 - anyone's code: say what it did
-            broken[ep.name] = f"could not be loaded ({ep.value}): {type(e).__name__}: {_first_line(e)}"
-    return Plugins(pm, *_kinds(pm, broken))
+            plugin = ep.load()
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - anyone's code: say what it did
+            found.broken[ep.name] = f"could not be loaded ({ep.value}): {type(e).__name__}: {_first_line(e)}"
+            continue
+        problem = _register(pm, plugin, ep.name)
+        if problem:
+            found.broken[ep.name] = f"was refused ({ep.value}): {problem}"
+    _offer_kinds(found)
+    return found
 
 
-def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
-    pm.register(plugin, name=name)  # refuses a hook whose parameters the spec does not name
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> str | None:
+    """Why `plugin` cannot be registered, or None once it is. Every `ledger_gate_*` function
+    of it must be a hook of patch_ledger.hookspecs marked with `hookimpl`: pluggy itself
+    ignores an unmarked or misspelled one, and the gate would silently never run."""
     try:
-        pm.check_pending()  # refuses a `ledger_gate_*` hook that is not in the spec
-    except pluggy.PluginValidationError:
+        for attr in sorted(a for a in dir(plugin) if a.startswith("ledger_gate_")):
+            if attr not in HOOKS:
+                return f"{attr} is not a gate hook (the hooks are {', '.join(sorted(HOOKS))})"
+            if pm.parse_hookimpl_opts(plugin, attr) is None:
+                return f"{attr} is not marked with @patch_ledger.hookspecs.hookimpl"
+        pm.register(plugin, name=name)  # refuses a hook whose parameters the spec does not name
+    except Exception as e:  # noqa: BLE001 - pluggy's own refusals span several lines
+        return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    try:
+        pm.check_pending()  # refuses a hook the spec does not have (say, via specname=)
+    except pluggy.PluginValidationError as e:
         pm.unregister(plugin)
-        raise
+        return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return None
 
 
-def _kinds(pm: pluggy.PluginManager, broken: dict[str, str]) -> tuple[dict[str, tuple[Kind, str]], dict[str, str]]:
-    kinds: dict[str, tuple[Kind, str]] = {}
-    for impl in reversed(pm.hook.ledger_gate_kinds.get_hookimpls()):  # registration order: built-ins first
+def _offer_kinds(found: Plugins) -> None:
+    """Each plugin's kinds, in registration order (the built-ins first, so no plugin takes
+    over one of theirs); a plugin that raises, answers garbage or claims a kind another
+    provides already is set aside with all its kinds."""
+    for impl in found.manager.hook.ledger_gate_kinds.get_hookimpls():  # registration order
         try:
             offered = list(impl.function())
         except Exception as e:  # noqa: BLE001
-            broken[impl.plugin_name] = f"ledger_gate_kinds raised {type(e).__name__}: {_first_line(e)}"
+            _set_aside(found, impl.plugin_name, f"ledger_gate_kinds raised {type(e).__name__}: {_first_line(e)}")
             continue
         for kind in offered:
             if not isinstance(kind, Kind) or not isinstance(kind.name, str):
-                broken[impl.plugin_name] = f"ledger_gate_kinds returned {kind!r}, not a patch_ledger.hookspecs.Kind"
-            elif kind.name in kinds:
-                broken[impl.plugin_name] = f"offers the gate kind {kind.name!r}, which {kinds[kind.name][1]} provides already"
+                _set_aside(found, impl.plugin_name, f"ledger_gate_kinds returned {kind!r:.80}, not a patch_ledger.hookspecs.Kind")
+            elif kind.name in found.kinds:
+                _set_aside(found, impl.plugin_name, f"offers the gate kind {kind.name!r}, which {found.kinds[kind.name][1]} provides already")
             else:
-                kinds[kind.name] = (kind, impl.plugin_name)
-    return kinds, broken
+                found.kinds[kind.name] = (kind, impl.plugin_name)
+            if impl.plugin_name in found.broken:
+                break
+
+
+def _set_aside(found: Plugins, name: str, why: str) -> None:
+    """Plugin `name` is broken: its kinds are withdrawn and none of its hooks is called again."""
+    found.broken.setdefault(name, why)
+    for kind, (_, provider) in list(found.kinds.items()):
+        if provider == name:
+            del found.kinds[kind]
+    plugin = found.manager.get_plugin(name)
+    if plugin is not None:
+        found.manager.unregister(plugin)
 
 
 def configured(root: Path, found: Plugins) -> list[Gate]:
     """The gates to run (config and plugins), each checked against its kind: a gate of no
     known plugin, or with arguments its plugin does not take, is bad input."""
-    cfg = config.load(root)
-    gates = [g for batch in found.manager.hook.ledger_gate_collect(root=root, config=cfg) for g in batch or ()]
+    gates = _collected(root, config.load(root), found)
     seen: set[str] = set()
     for gate in gates:
-        if not isinstance(gate, Gate):
-            raise LedgerError(f"a gate plugin's ledger_gate_collect returned {gate!r}, not a patch_ledger.hookspecs.Gate; "
-                              "`ledger gate list` names the plugins")
         where = f"{config.PATH}: gate {gate.name!r}"
         if gate.name in seen:
             raise LedgerError(f"{where} is named twice; give each gate its own name")
@@ -102,6 +133,35 @@ def configured(root: Path, found: Plugins) -> list[Gate]:
             if problem:
                 raise LedgerError(f"{where} (plugin {gate.plugin}): args: {problem}; `ledger gate list` shows what each plugin takes")
     return gates
+
+
+def _collected(root: Path, cfg: Mapping[str, Any], found: Plugins) -> list[Gate]:
+    """Every plugin's gates (the configuration's first); a plugin whose ledger_gate_collect
+    raises or returns what is not a valid gate is set aside, its gates with it."""
+    gates: list[Gate] = []
+    for impl in found.manager.hook.ledger_gate_collect.get_hookimpls():
+        try:
+            given = {"root": root, "config": cfg}
+            batch = list(impl.function(**{a: given[a] for a in impl.argnames}) or ())
+            problem = next(filter(None, map(_gate_problem, batch)), None)
+        except Exception as e:  # noqa: BLE001
+            problem = f"raised {type(e).__name__}: {_first_line(e)}"
+        if problem:
+            _set_aside(found, impl.plugin_name, f"ledger_gate_collect {problem}")
+        else:
+            gates += batch
+    return gates
+
+
+def _gate_problem(gate: Any) -> str | None:
+    """What makes `gate` something other than a gate .ledger/config.yaml could declare."""
+    if not isinstance(gate, Gate):
+        return f"returned {gate!r:.80}, not a patch_ledger.hookspecs.Gate"
+    entry = {k: v for k, v in gate._asdict().items() if v is not None and v != ()}
+    entry.update({k: dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
+                  for k, v in entry.items() if k in ("args", "paths")})
+    errors = schemas.validate("config", {"schema_version": schemas.CURRENT_VERSION, "gates": [entry]})
+    return f"returned the gate {gate.name!r:.80}, which is not valid: {errors[0].message}" if errors else None
 
 
 def _broken_note(found: Plugins) -> str:
@@ -141,11 +201,15 @@ def run_one(found: Plugins, gate: Gate, work: Work) -> Outcome:
     if gate.plugin in found.broken:
         return Outcome("FAILED", f"plugin {gate.plugin} {found.broken[gate.plugin]}")
     provider = found.kinds[gate.plugin][1]
+    # Only the provider of the gate's kind is asked: another plugin's bug (say, one that
+    # raises for every gate) is not this gate's, and the plugin named is the one that ran.
+    others = [p for name, p in found.manager.list_name_plugin() if name != provider]
+    hook = found.manager.subset_hook_caller("ledger_gate_run", others)
     box: dict[str, Any] = {}
 
     def call() -> None:
         try:
-            box["outcome"] = found.manager.hook.ledger_gate_run(gate=gate, work=work)
+            box["outcome"] = hook(gate=gate, work=work)
         except BaseException as e:  # noqa: BLE001 - reported as the gate's result
             box["error"] = e
 
@@ -167,19 +231,59 @@ def run_one(found: Plugins, gate: Gate, work: Work) -> Outcome:
 
 
 def _checked(outcome: Any, provider: str) -> Outcome:
-    if not isinstance(outcome, Outcome):
-        what = "nothing" if outcome is None else f"a {type(outcome).__name__}"
-        return Outcome("FAILED", f"plugin {provider} returned {what}, not a patch_ledger.hookspecs.Outcome")
-    if outcome.state not in results.FINISHED:
-        return Outcome("FAILED", f"plugin {provider} returned the state {outcome.state!r}, not PASSED, FAILED or SKIPPED")
-    counts = {str(k): v for k, v in dict(outcome.counts).items() if isinstance(v, int) and v >= 0 and re.fullmatch(r"[a-z_]+", str(k))}
-    failures = tuple(f for f in outcome.failures if isinstance(f, Failure))[:MAX_FAILURES]
+    """`outcome` when it is a well-formed Outcome (an empty reason filled in), else a FAILED
+    one saying what is wrong with it: a plugin's garbage never reaches the ledger."""
+    try:
+        problem = _malformed(outcome)
+    except Exception as e:  # noqa: BLE001 - an object whose attributes raise
+        problem = f"an Outcome that could not be read ({type(e).__name__}: {_first_line(e)})"
+    if problem:
+        return Outcome("FAILED", f"plugin {provider} returned {problem}")
     reason = outcome.reason or ("no reason given" if outcome.state == "SKIPPED" else outcome.state.lower())
-    return outcome._replace(reason=reason, counts=counts, failures=failures)
+    return outcome._replace(reason=reason, counts=dict(outcome.counts), failures=tuple(outcome.failures)[:MAX_FAILURES])
+
+
+_COUNT_NAME = re.compile(r"[a-z_]+")  # a count's name in the Ledger-Counts trailer
+
+
+def _malformed(o: Any) -> str | None:
+    if not isinstance(o, Outcome):
+        return f"{'nothing' if o is None else 'a ' + type(o).__name__}, not a patch_ledger.hookspecs.Outcome"
+    if o.state not in results.FINISHED:
+        return f"the state {o.state!r:.40}, not PASSED, FAILED or SKIPPED"
+    fields = {
+        "reason": (isinstance(o.reason, str), "a string"),
+        "log": (isinstance(o.log, str), "a string"),
+        "workers": (_count(o.workers), "a count"),
+        "work_s": (o.work_s is None or _seconds(o.work_s), "None or a finite number of seconds >= 0"),
+        "counts": (isinstance(o.counts, Mapping) and all(isinstance(k, str) and _COUNT_NAME.fullmatch(k) and _count(v)
+                                                         for k, v in o.counts.items()), "a mapping of names (a-z, _) to counts"),
+        "failures": (isinstance(o.failures, (tuple, list)) and all(map(_sound_failure, o.failures)),
+                     "a sequence of patch_ledger.hookspecs.Failure (test and message strings, file a string or None, "
+                     "line a count or None)"),
+    }
+    bad = next((name for name, (ok, _) in fields.items() if not ok), None)
+    return None if bad is None else f"an Outcome whose {bad} is {getattr(o, bad)!r:.80}, not {fields[bad][1]}"
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _sound_failure(f: Any) -> bool:
+    return (isinstance(f, Failure) and isinstance(f.test, str) and isinstance(f.message, str)
+            and (f.file is None or isinstance(f.file, str)) and (f.line is None or _count(f.line)))
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
+    try:
+        text = str(e).strip()
+    except Exception:  # noqa: BLE001 - a plugin's exception whose message itself raises
+        return "(its message could not be read)"
     return text.splitlines()[0] if text else "(no message)"
 
 
@@ -262,12 +366,17 @@ def record_finished(root: Path, gate: str, plugin: str, target: Target, shard: t
 
 
 def _failure(f: Failure) -> dict[str, Any]:
-    line = f.line if isinstance(f.line, int) and f.line >= 0 else None
-    return {"test": str(f.test), "file": None if f.file is None else str(f.file), "line": line,
-            "message": _cut(str(f.message), MAX_MESSAGE_CHARS)}
+    return {"test": _cut(f.test, MAX_MESSAGE_CHARS), "file": None if f.file is None else _cut(f.file, MAX_MESSAGE_CHARS),
+            "line": f.line, "message": _cut(f.message, MAX_MESSAGE_CHARS)}
+
+
+_UNSTORABLE = re.compile("[\0\ud800-\udfff]")
 
 
 def _cut(text: str, limit: int) -> str:
+    """`text` storable in the ledger: valid UTF-8 (a lone surrogate, as os.fsdecode makes of
+    undecodable output, becomes U+FFFD), no NUL, at most `limit` characters."""
+    text = _UNSTORABLE.sub(lambda m: "" if m.group() == "\0" else "\ufffd", text)
     if len(text) <= limit:
         return text
     half = limit // 2 - 40

@@ -24,9 +24,11 @@ plugins in `patch_ledger.gates`; a third party's is found through the entry-poin
         missing = [p for p in work.paths if not header_ok(work.checkout / p, gate.args.get("header", "SPDX"))]
         return Outcome("FAILED" if missing else "PASSED", f"{len(missing)} file(s) without a header")
 
-A plugin is checked when it is registered (its hooks must be among these, with parameters
-these name); one that fails to import or register is reported by `ledger gate list`, and a
-gate of it is recorded FAILED naming the plugin. An exception raised inside a hook becomes
+A plugin is checked when it is registered: every `ledger_gate_*` function of it must be
+one of these hooks, marked with `hookimpl`, taking only parameters the hook names. One that
+fails to import or register, or whose `ledger_gate_kinds` or `ledger_gate_collect` raises or
+answers garbage, is set aside and reported by `ledger gate list`; a gate of it (by its
+entry-point name) is recorded FAILED naming the plugin. An exception raised inside a hook becomes
 that gate's FAILED result with the plugin and the message, never a crash of the run.
 """
 
@@ -128,8 +130,9 @@ def ledger_gate_collect(root: Path, config: Mapping[str, Any]) -> list[Gate]:
 def ledger_gate_run(gate: Gate, work: Work) -> Outcome | None:
     """Run `gate` against the patch checked out at `work.checkout`.
 
-    The first plugin that returns an Outcome decides (`firstresult`): a plugin returns
-    None for a gate whose `gate.plugin` is not one of its kinds. A shardable kind runs only
+    Only the plugin that provides the kind `gate.plugin` is called (kind names are unique),
+    so its answer decides; returning None for a gate of another kind stays harmless. A
+    shardable kind runs only
     its part `work.shard` of the work; every subprocess must end by `work.timeout` seconds
     (patch_ledger.proc.run_bounded kills a whole process group at its deadline). Raising
     is allowed: the gate is recorded FAILED with the plugin named and the message.
