@@ -93,24 +93,26 @@ def test_a_merge_of_two_histories_is_sound(base: Path) -> None:
     assert integrity.verify_ledger(base) == []
 
 
+def verify_processes(root: Path) -> int:
+    """How many processes a `verify_ledger` of a sound ledger starts."""
+    calls = []
+    real = subprocess.Popen  # subprocess.run starts its process through it too
+    subprocess.Popen = lambda *a, **k: calls.append(a) or real(*a, **k)  # type: ignore[assignment,misc]
+    try:
+        assert integrity.verify_ledger(root) == []
+    finally:
+        subprocess.Popen = real  # type: ignore[misc]
+    return len(calls)
+
+
 def test_verify_reads_the_ledger_in_bulk(base: Path) -> None:
     """The same handful of git processes for 2 patches as for 12 (DESIGN: one call, not one a ref)."""
-    def processes() -> int:
-        calls = []
-        real = subprocess.Popen  # subprocess.run starts its process through it too
-        subprocess.Popen = lambda *a, **k: calls.append(a) or real(*a, **k)  # type: ignore[assignment,misc]
-        try:
-            assert integrity.verify_ledger(base) == []
-        finally:
-            subprocess.Popen = real  # type: ignore[misc]
-        return len(calls)
-
     for i in range(2):
         walk(base, add(base, f"line {i}"), "VALIDATING")
-    few = processes()
+    few = verify_processes(base)
     for i in range(2, 12):
         walk(base, add(base, f"line {i}"), "VALIDATING", "VALIDATED")
-    assert processes() == few == 6  # whatever the number of refs
+    assert verify_processes(base) == few == 6  # whatever the number of refs
 
 
 # --- damage, each named by its ref ------------------------------------------------------------

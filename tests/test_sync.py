@@ -251,7 +251,8 @@ def test_configure_remote_makes_plain_fetch_bring_the_ledger(a: Path, b: Path) -
     assert sync.configure_remote(b, "origin") is True
     assert sync.configure_remote(b, "origin") is False  # idempotent
     fetch = git(b, "config", "--get-all", "remote.origin.fetch").stdout.split()
-    assert fetch == ["+refs/heads/*:refs/remotes/origin/*", "+refs/ledger/patches/*:refs/remotes/origin/ledger/patches/*"]
+    assert fetch == ["+refs/heads/*:refs/remotes/origin/*", "+refs/ledger/patches/*:refs/remotes/origin/ledger/patches/*",
+                     "+refs/ledger/gates/*:refs/remotes/origin/ledger/gates/*"]
     assert git(b, "config", "--get-all", "remote.origin.push", check=False).stdout == ""  # plain push unchanged
     git(b, "fetch", "-q")
     assert refs(b, "refs/remotes/origin/ledger/") == {f"refs/remotes/origin/ledger/patches/{patch.id}": patch.tip}

@@ -1,11 +1,12 @@
 """`ledger verify`: the integrity of every ref of the patch ledger, read in bulk.
 
 A handful of git processes whatever the ledger's size: one `for-each-ref` lists the refs
-(its warnings name the refs git cannot read), one `cat-file --batch-check` says what each
-points at, one `git log` reads commit, parents, tree and trailers of every commit of every
-history, one `cat-file --batch` the patches' bytes, one `git patch-id --stable` their
-identities. Each history is then checked as ledger.record and ledger.move write it, and as
-sync merges two of them (docs/data-model.md).
+of patches and gate results (its warnings name the refs git cannot read), one `cat-file
+--batch-check` says what each points at, one `git log` reads commit, parents, tree and
+trailers of every commit of every history, one `cat-file --batch` the patches' bytes, one
+`git patch-id --stable` their identities, one `cat-file --batch` the gate results'
+documents. Each history is then checked as ledger.record and ledger.move write it, and as
+sync merges two of them; each gate attempt as results.save writes it (docs/data-model.md).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
 
-from patch_ledger import git, ledger, machine, patches
+from patch_ledger import documents, git, guards, ledger, machine, patches, results, schemas
 
 
 class Problem(NamedTuple):
@@ -38,37 +39,53 @@ _LOG_FORMAT = "--format=%H %T %P%n%b"
 
 
 def verify_ledger(root: Path, prefix: str = ledger.PREFIX) -> list[Problem]:
-    """Every problem of every ref under `prefix` (the ledger; or a remote's mirror of it,
-    before sync takes anything from there), by ref; empty when all is sound."""
-    targets, problems = _refs(root, prefix)
-    kinds = _kinds(root, set(targets.values()))
-    tips = {ref: oid for ref, oid in targets.items() if kinds.get(oid) == "commit"}
-    problems += [Problem(ref, oid, _not_a_commit(oid, kinds.get(oid))) for ref, oid in targets.items() if ref not in tips]
-    commits, incomplete = _commits(root, tips.values())
-    histories = {ref: _history(tip, commits) for ref, tip in tips.items() if tip not in incomplete}
-    problems += [Problem(ref, tip, incomplete[tip]) for ref, tip in tips.items() if tip in incomplete]
-    for ref, history in histories.items():
+    """Every problem of every ref under `prefix` (the ledger's patches; or a remote's mirror
+    of them, before sync takes anything from there) and of the gate results beside them
+    (`gates_beside`), by ref; empty when all is sound."""
+    gates = gates_beside(prefix)
+    targets, histories, problems = _histories(root, prefix, gates)
+    patch_histories = {ref: h for ref, h in histories.items() if ref.startswith(prefix)}
+    for ref, history in patch_histories.items():
         problems += _history_problems(ref, history)
-    problems += _bytes_problems(root, histories)
-    problems += _stale_locks(root, prefix)
+    problems += _bytes_problems(root, patch_histories)
+    known = {ref[len(prefix):] for ref in targets if ref.startswith(prefix)}  # a broken patch is still there
+    problems += _gate_problems(root, gates, {ref: h for ref, h in histories.items() if ref.startswith(gates)}, known)
+    problems += _stale_locks(root, prefix, gates)
     order = {ref: i for i, ref in enumerate(sorted({p.ref for p in problems}))}
     return sorted(problems, key=lambda p: order[p.ref])  # stable: a ref's own problems stay oldest first
+
+
+def gates_beside(prefix: str) -> str:
+    """Where the gate results of the patches under `prefix` are: refs/ledger/gates/ beside
+    refs/ledger/patches/, and so in a remote's mirror (refs/remotes/<remote>/ledger/)."""
+    return prefix.rstrip("/").rpartition("/")[0] + "/" + results.PREFIX.removeprefix("refs/ledger/")
 
 
 STALE_LOCK_SECONDS = 60  # a live writer holds a ref's lock for milliseconds
 
 
-def _stale_locks(root: Path, prefix: str) -> list[Problem]:
+def _stale_locks(root: Path, *prefixes: str) -> list[Problem]:
     """Lock files a killed writer left under the ledger's refs: every later write of that
     ref would be refused until someone removes them."""
     import time
 
-    where = Path(git.run(root, "rev-parse", "--git-path", prefix.rstrip("/")).stdout.decode().strip())
-    where = where if where.is_absolute() else root / where
+    paths = git.run(root, "rev-parse", *(a for p in prefixes for a in ("--git-path", p.rstrip("/")))).stdout.decode().splitlines()
     old = time.time() - STALE_LOCK_SECONDS
-    return [Problem(prefix + lock.name[:-len(".lock")], None,
-                    f"a lock file left by a killed writer blocks it: remove {lock} if no git or ledger process is running")
-            for lock in sorted(where.glob("*.lock")) if lock.stat().st_mtime < old] if where.is_dir() else []
+    problems = []
+    for prefix, path in zip(prefixes, paths):
+        where = Path(path) if Path(path).is_absolute() else root / path
+        locks = sorted(where.rglob("*.lock")) if where.is_dir() else []  # gate refs nest: <patch>/<gate>/<attempt>
+        problems += [Problem(prefix + lock.relative_to(where).as_posix()[:-len(".lock")], None,
+                             f"a lock file left by a killed writer blocks it: remove {lock} if no git or ledger process is running")
+                     for lock in locks if _modified_before(lock, old)]
+    return problems
+
+
+def _modified_before(path: Path, moment: float) -> bool:
+    try:
+        return path.stat().st_mtime < moment
+    except FileNotFoundError:  # a live writer's lock, gone since it was listed
+        return False
 
 
 def lines_by_ref(problems: Iterable[Problem]) -> list[str]:
@@ -82,14 +99,26 @@ def lines_by_ref(problems: Iterable[Problem]) -> list[str]:
 # --- reading, in bulk -------------------------------------------------------------------
 
 
-def _refs(root: Path, prefix: str) -> tuple[dict[str, str], list[Problem]]:
+def _histories(root: Path, *prefixes: str) -> tuple[dict[str, str], dict[str, dict[str, Commit]], list[Problem]]:
+    """Every ref under `prefixes` -> the object it names; the history of each ref that names
+    a commit git can walk, oldest first; and the problems of the others."""
+    targets, problems = _refs(root, *prefixes)
+    kinds = _kinds(root, set(targets.values()))
+    tips = {ref: oid for ref, oid in targets.items() if kinds.get(oid) == "commit"}
+    problems += [Problem(ref, oid, _not_a_commit(oid, kinds.get(oid))) for ref, oid in targets.items() if ref not in tips]
+    commits, incomplete = _commits(root, tips.values())
+    problems += [Problem(ref, tip, incomplete[tip]) for ref, tip in tips.items() if tip in incomplete]
+    return targets, {ref: _history(tip, commits) for ref, tip in tips.items() if tip not in incomplete}, problems
+
+
+def _refs(root: Path, *prefixes: str) -> tuple[dict[str, str], list[Problem]]:
     """ref -> the object it names; git skips the refs it cannot read, with a warning each."""
     env = {**os.environ, "LC_ALL": "C"}  # the warnings are read: untranslated
-    proc = git.run(root, "for-each-ref", "--format=%(refname)%00%(objectname)", prefix, env=env)
+    proc = git.run(root, "for-each-ref", "--format=%(refname)%00%(objectname)", *prefixes, env=env)
     targets = dict(line.split("\0", 1) for line in proc.stdout.decode("utf-8", "surrogateescape").splitlines() if "\0" in line)
     unreadable = [Problem(ref, None, f"git cannot read it ({what}), nor delete it: remove the file .git/{ref}")
                   for what, ref in _UNREADABLE.findall(proc.stderr.decode("utf-8", "replace"))
-                  if ref.startswith(prefix)]
+                  if ref.startswith(prefixes)]
     return targets, unreadable
 
 
@@ -237,10 +266,11 @@ def _bytes_problem(name: str, tree: str, data: bytes | int | None, ids: list[str
     return None
 
 
-def _holds_only(tree: str, data: bytes) -> bool:
-    """Whether `tree` is exactly what ledger.store_diffs makes of `data`: recomputed, not read."""
+def _holds_only(tree: str, data: bytes, name: str = ledger.PATCH_FILE) -> bool:
+    """Whether `tree` is exactly what the ledger makes of `data` as its one file `name`
+    (ledger.store_diffs, results.save): recomputed, not read."""
     blob = git.object_id("blob", data, len(tree))
-    return git.object_id("tree", ledger.tree_object(blob), len(tree)) == tree
+    return git.object_id("tree", ledger.tree_object(blob, name), len(tree)) == tree
 
 
 # A patch after each diff, behind a `commit` line of a random id: whatever the diff's bytes do
@@ -267,3 +297,82 @@ def _patch_ids(root: Path, diffs: dict[str, bytes]) -> dict[str, list[str]]:
         else:
             pending.append(pid)
     return found
+
+
+# --- gate results -----------------------------------------------------------------------
+
+
+def _gate_problems(root: Path, prefix: str, histories: Mapping[str, dict[str, Commit]], known: set[str]) -> list[Problem]:
+    """Every commit of every attempt under `prefix`, as results.save writes them, each one
+    document read in one `cat-file --batch` for all; and the patch each names, `known` to
+    the ledger."""
+    docs = _gate_documents(root, {c.tree for history in histories.values() for c in history.values()})
+    problems = []
+    for ref, history in histories.items():
+        for oid, c in history.items():
+            before = docs[history[c.parents[0]].tree] if c.parents else None
+            problems += [Problem(ref, oid, f"commit {oid[:12]}: {why}")
+                         for why in _gate_commit_problems(prefix, ref, oid, c, docs[c.tree], before)]
+        patch = ref[len(prefix):].partition("/")[0]
+        if patch not in known:
+            problems.append(Problem(ref, next(reversed(history)), f"a result of patch {patch[:12]}, which is not in the "
+                                    "ledger: sync the clone that recorded the patch, or delete the ref"))
+    return problems
+
+
+def _gate_documents(root: Path, trees: set[str]) -> dict[str, dict[str, Any] | str]:
+    """tree -> its gate.json, valid against schemas/gate.json; or what is wrong with it."""
+    specs = {f"{tree}:{results.DOC}": tree for tree in sorted(trees)}
+    blobs = git.read_blobs(root, specs, documents.MAX_BYTES)
+    return {tree: _gate_document(tree, blobs[spec]) for spec, tree in specs.items()}
+
+
+def _gate_document(tree: str, data: bytes | int | None) -> dict[str, Any] | str:
+    if data is None:
+        return f"its tree {tree[:12]} holds no {results.DOC}; the result is lost"
+    if isinstance(data, int):
+        return f"{results.DOC} is {data} bytes, over the {documents.MAX_BYTES}-byte limit of a document"
+    if not _holds_only(tree, data, results.DOC):
+        return f"its tree {tree[:12]} holds more than the one file {results.DOC} (mode 100644) the ledger writes"
+    try:
+        doc = documents.parse_json(documents.decode(data))
+    except documents.InputProblem as e:
+        return f"{results.DOC}: {e}"
+    errors = schemas.validate("gate", doc)
+    if errors:
+        where = "/".join(map(str, errors[0].path)) or "the document"
+        return f"{results.DOC} is not valid against schemas/gate.json ({where}: {errors[0].message})"
+    return doc  # type: ignore[no-any-return]
+
+
+def _gate_commit_problems(prefix: str, ref: str, oid: str, c: Commit, doc: dict[str, Any] | str,
+                          before: dict[str, Any] | str | None) -> Iterator[str]:
+    """What is wrong with one commit of an attempt, given its document and its parent's (None
+    for the first commit)."""
+    if len(c.parents) > 1:
+        yield f"has {len(c.parents)} parents; an attempt's commits are one line, each the next transition"
+    try:
+        said: results.Result | None = results.parse(c.trailers, oid, c.tree)
+    except ValueError as e:
+        said = None
+        yield str(e)
+    if said is not None and f"{prefix}{said.patch}/{said.gate}/{said.id}" != ref:
+        yield f"records attempt {said.id} of gate {said.gate} on {said.patch[:12]}, not the one the ref's name says"
+    if isinstance(doc, str):
+        yield doc
+        return
+    yield from _gate_document_problems(doc, before if isinstance(before, dict) else None)
+    disagreement = results.disagreement(said, c.trailers, doc) if said is not None else None
+    if disagreement:
+        yield disagreement
+
+
+def _gate_document_problems(doc: dict[str, Any], before: dict[str, Any] | None) -> Iterator[str]:
+    """A legal walk of the gate machine (its guards too) that extends the parent's document."""
+    m = machine.load("gate")
+    yield from (p.message for p in machine.history_problems(m, doc))
+    yield from (p.message for p in guards.document_problems(m, doc))
+    if before is not None:
+        yield from (p.message for p in machine.change_problems(m, before, doc))
+        if len(doc["history"]) <= len(before["history"]):
+            yield "adds no transition to its parent's history; each commit of an attempt is one"

@@ -133,6 +133,23 @@ def _checked(v: dict[str, str | None], tip: str, tree: str) -> Result:
                   v["reason"] or "", v["base"], v["required"] == "yes", duration, counts, tip, tree)
 
 
+def disagreement(said: Result, block: str, doc: Mapping[str, Any]) -> str | None:
+    """The first trailer of a commit (`said`, parsed from `block`) that is not what `render`
+    makes of its document `doc` (valid against schemas/gate.json), or None: the trailers
+    are a copy of the document, never news."""
+    expected = ledger.block_of(render(doc).partition("\n\n")[2])
+    if block == expected:  # as results.save writes it: nothing to compare field by field
+        return None
+    try:
+        written = parse(expected, said.tip, said.tree)
+    except ValueError as e:
+        return f"{DOC} makes no well-formed trailers ({e})"
+    for key, field in TRAILERS.items():
+        if field in Result._fields and getattr(said, field) != getattr(written, field):
+            return f"{key} says {getattr(said, field)!r}, {DOC} says {getattr(written, field)!r}"
+    return None
+
+
 def _shard_form(text: str) -> bool:
     index, sep, count = text.partition("/")
     return bool(sep) and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)
