@@ -335,6 +335,8 @@ def test_verify_counts_only_results_at_the_patch_s_base(repo: Path) -> None:
 
 # --- the pytest gate --------------------------------------------------------------------------
 
+QUIET = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]  # hypothesis's plugin costs half a second a start
+
 FAILING_SUITE = '''\
 import pytest
 
@@ -372,7 +374,7 @@ def _def_line(source: str, name: str) -> int:
 
 
 def test_the_pytest_gate_names_each_failing_test_with_its_file_and_line(repo: Path) -> None:
-    configure(repo, {"name": "tests", "plugin": "pytest", "args": {"args": ["tests"], "workers": 0}})
+    configure(repo, {"name": "tests", "plugin": "pytest", "args": {"args": [*QUIET, "tests"], "workers": 0}})
     committed(repo, {"tests/test_mod.py": FAILING_SUITE})
     code, done = gate_run(repo)
     doc = done[0]
@@ -395,8 +397,8 @@ def test_the_pytest_gate_names_each_failing_test_with_its_file_and_line(repo: Pa
 
 def test_the_pytest_gate_survives_a_suite_that_kills_its_workers(repo: Path) -> None:
     suite = "import os\n\n\ndef test_ok():\n    pass\n\n\ndef test_exit():\n    os._exit(3)\n\n\ndef test_kill():\n    os.kill(os.getpid(), 9)\n"
-    configure(repo, {"name": "xdist", "plugin": "pytest", "args": {"args": ["tests"], "workers": 2}, "timeout": 120},
-              {"name": "serial", "plugin": "pytest", "args": {"args": ["tests"], "workers": 0}, "timeout": 120})
+    configure(repo, {"name": "xdist", "plugin": "pytest", "args": {"args": [*QUIET, "tests"], "workers": 2}, "timeout": 120},
+              {"name": "serial", "plugin": "pytest", "args": {"args": [*QUIET, "tests"], "workers": 0}, "timeout": 120})
     committed(repo, {"tests/test_crash.py": suite})
     ran = cli(repo, "gate", "run", "--format", "json")
     assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
@@ -413,7 +415,7 @@ def test_the_pytest_gate_survives_a_suite_that_kills_its_workers(repo: Path) -> 
 
 def test_the_pytest_gate_splits_the_tests_between_shards(repo: Path) -> None:
     suite = "".join(f"def test_{i}():\n    pass\n\n\n" for i in range(12))
-    configure(repo, {"name": "tests", "plugin": "pytest", "args": {"args": ["tests"], "workers": 0}})
+    configure(repo, {"name": "tests", "plugin": "pytest", "args": {"args": [*QUIET, "tests"], "workers": 0}})
     committed(repo, {"tests/test_many.py": suite})
     _, one = gate_run(repo, "--shard", "1/2")
     _, two = gate_run(repo, "--shard", "2/2")

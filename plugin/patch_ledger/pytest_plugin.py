@@ -58,6 +58,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def _check_recordable(config: pytest.Config, root: Any, name: str) -> None:
+    """LedgerError unless this run is the gate `name` of the commit checked out: a gate of
+    the configuration (a misspelt name would record a result no `ledger patch verify`
+    reads), of the pytest kind, run on committed code, running its tests."""
+    from patch_ledger import config as ledger_config, targets
+    from patch_ledger.errors import LedgerError
+
+    if config.option.collectonly:
+        raise LedgerError("--collect-only runs no test")
+    gates = {g["name"]: g for g in ledger_config.load(root).get("gates", [])}
+    if name not in gates:
+        raise LedgerError(f"no gate named {name!r} in {ledger_config.PATH} (gates: {', '.join(gates) or 'none'})")
+    if gates[name]["plugin"] != "pytest":
+        raise LedgerError(f"gate {name!r} of {ledger_config.PATH} is a {gates[name]['plugin']} gate, not a pytest one")
+    if not targets.clean(root):
+        raise LedgerError("the checkout has uncommitted changes to tracked files, so the run tested no commit")
+
+
 class Recorder:
     """Counts what the run reports (under xdist, the workers' reports reach the controller)
     and records the result when the session ends."""
@@ -81,6 +99,9 @@ class Recorder:
             self.counts[kind] += 1
         elif report.when == "teardown" and report.failed:
             self.counts["errors"] += 1
+        elif report.failed:  # xdist's report of a test whose worker crashed (when is "???"): it failed, as pytest says
+            self.counts["tests"] += 1
+            self.counts["failed"] += 1
         if report.failed:
             self._failed(report)
 
@@ -120,8 +141,7 @@ class Recorder:
         outcome = Outcome(state, reason, c, tuple(self.failures), "", workers, self.work_s)
         try:
             root = git.toplevel(self.config.rootpath)
-            if not targets.clean(root):
-                raise LedgerError("the checkout has uncommitted changes to tracked files, so the run tested no commit")
+            _check_recordable(self.config, root, name)
             actor = actor_of(root, self.config.getoption("ledger_actor"))
             patch, commit, parent = targets.commit_patch(root, "HEAD", actor)
             target = gating.Target(patch.id, parent, b"", (), root)
@@ -129,6 +149,8 @@ class Recorder:
             self.said = f"ledger: recorded gate {name} {state} for patch {patch.id[:12]} (commit {commit[:12]})"
         except LedgerError as e:
             self.said = f"ledger: gate {name} NOT recorded: {e}"
+        except Exception as e:  # noqa: BLE001 - a defect of ours must not change pytest's verdict
+            self.said = f"ledger: gate {name} NOT recorded: internal error {type(e).__name__}: {e} (please report it)"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.said:
