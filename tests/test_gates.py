@@ -541,6 +541,22 @@ def test_a_configuration_the_plugins_do_not_accept_is_refused(gated: Path, gates
     assert CONFIG in refused(gated, "gate", "run", "--shard", "1/2")
 
 
+def test_a_patch_that_does_not_apply_to_its_base_is_refused(gated: Path, tmp_path: Path) -> None:
+    stale = tmp_path / "stale.diff"
+    stale.write_text("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-not what it says\n+new\n")
+    patch = cli(gated, "patch", "add", str(stale)).stdout.strip()
+    assert "does not apply to its base" in refused(gated, "gate", "run", "--patch", patch)
+    assert not any((gated / ".git/ledger/worktrees").iterdir())  # its worktree is gone
+
+
+def test_uncommitted_changes_do_not_leak_into_a_gate(gated: Path) -> None:
+    configure(gated, cmd("unit", "test -f b.txt"))
+    (gated / "b.txt").unlink()  # HEAD's commit added it; the gate tests that commit, not this checkout
+    ran = cli(gated, "gate", "run")
+    assert ran.returncode == 0 and "in a clean worktree" in ran.stdout.splitlines()[0], ran.stdout
+    assert "unit  PASSED" in ran.stdout
+
+
 def test_outside_a_repository_gate_commands_are_refused(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     for args in (["gate", "list"], ["gate", "run"]):

@@ -117,7 +117,7 @@ class Recorder:
             if getattr(report, "location", None) else (getattr(report, "fspath", None), None)
         crash = getattr(report.longrepr, "reprcrash", None)
         message = crash.message if crash is not None else str(report.longrepr or "")[-2000:]
-        self.failures.append(Failure(report.nodeid or str(file), f"{report.when}: {message}" if report.when not in (None, "call", "collect") else message,
+        self.failures.append(Failure(report.nodeid or str(file), f"{report.when}: {message}" if report.when in ("setup", "teardown") else message,
                                      str(file) if file else None, line))
 
     @pytest.hookimpl(trylast=True)
