@@ -183,6 +183,14 @@ def ledger_gate_kinds():
 def ledger_gate_run(gate, work):
     return Outcome("PASSED", "the usurper ran it")
 ''',
+    "zoo_badschema": '''\
+from patch_ledger.hookspecs import Kind, hookimpl
+
+
+@hookimpl
+def ledger_gate_kinds():
+    return [Kind("badschema", "its args schema is no schema", {"type": "nonsense"})]
+''',
     "zoo_collector": '''\
 from patch_ledger.hookspecs import Kind, hookimpl
 
@@ -242,6 +250,7 @@ BROKEN = {  # entry point -> what `ledger gate list` says of it
     "unmarked": "was refused (zoo_unmarked): ledger_gate_run is not marked with @patch_ledger.hookspecs.hookimpl",
     "wrongparam": "Argument(s) {'job'} are declared in the hookimpl but can not be found in the hookspec",
     "usurper": "offers the gate kind 'command', which command provides already",
+    "badschema": "offers the gate kind 'badschema', whose args schema is not a JSON Schema: 'nonsense' is not valid",
     "collector": "ledger_gate_collect raised OSError: the organisation's gate list is unreachable",
 }
 
@@ -267,7 +276,7 @@ def test_broken_plugins_are_listed_and_their_gates_fail_while_the_others_run(rep
         assert said in broken[name], name
     providers = {p["kind"]: p["provider"] for p in report["plugins"]}
     assert providers["command"] == "command" and providers["raiser"] == "raiser" and providers["garbage"] == "garbage"
-    assert not set(providers) & {"typo", "unmarked", "wrongparam", "usurper", "collector"}  # none of a broken plugin's kinds
+    assert not set(providers) & {"typo", "unmarked", "wrongparam", "usurper", "badschema", "collector"}  # none of a broken plugin's kinds
     text = cli(repo, "gate", "list").stdout
     assert "broken plugin explode: could not be loaded" in text
 

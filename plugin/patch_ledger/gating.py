@@ -94,12 +94,26 @@ def _offer_kinds(found: Plugins) -> None:
         for kind in offered:
             if not isinstance(kind, Kind) or not isinstance(kind.name, str):
                 _set_aside(found, impl.plugin_name, f"ledger_gate_kinds returned {kind!r:.80}, not a patch_ledger.hookspecs.Kind")
+            elif _schema_problem(kind.args):
+                _set_aside(found, impl.plugin_name, f"offers the gate kind {kind.name!r:.40}, whose args schema is not a "
+                                                    f"JSON Schema: {_schema_problem(kind.args)}")
             elif kind.name in found.kinds:
                 _set_aside(found, impl.plugin_name, f"offers the gate kind {kind.name!r}, which {found.kinds[kind.name][1]} provides already")
             else:
                 found.kinds[kind.name] = (kind, impl.plugin_name)
             if impl.plugin_name in found.broken:
                 break
+
+
+def _schema_problem(schema: Any) -> str | None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        return e.message
+    return None
 
 
 def _set_aside(found: Plugins, name: str, why: str) -> None:
