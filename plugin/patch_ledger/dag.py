@@ -1,0 +1,193 @@
+"""A plan as a graph of tasks: every task with what it runs, what it waits for (workstream
+dependencies expanded to their tasks), its priority and limits; refused before anything runs
+when an id is duplicated, a dependency or a tool is unknown, a template would hand a task's
+text to a shell, or the dependencies form a cycle (named)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+from patch_ledger.errors import LedgerError
+
+PLACEHOLDERS = ("prompt", "task", "workstream", "run", "attempt", "workdir")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+_SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "tcsh", "busybox"}
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class Task(NamedTuple):
+    id: str
+    workstream: str
+    title: str
+    run: str | None  # a shell command of the plan's author
+    prompt: str | None
+    tool: str | None  # fixed by the plan, else chosen by the router from `capabilities`
+    capabilities: tuple[str, ...]
+    depends_on: tuple[str, ...]  # task ids
+    priority: int
+    max_attempts: int
+    timeout: float | None
+    produces_patch: bool | None  # None: as the tool says (edits_code)
+    gates: tuple[str, ...]
+
+
+class Graph(NamedTuple):
+    tasks: dict[str, Task]  # in plan order
+    workstreams: dict[str, tuple[str, ...]]  # workstream -> its task ids
+    workstream_deps: dict[str, tuple[str, ...]]
+    tools: dict[str, Mapping[str, Any]]
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {t: [] for t in self.tasks}
+        for task in self.tasks.values():
+            for dep in task.depends_on:
+                out[dep].append(task.id)
+        return out
+
+
+def build(plan: Mapping[str, Any], config_tools: Mapping[str, Any], where: str) -> Graph:
+    """The graph of `plan` (already valid against schemas/plan.json), or LedgerError naming
+    `where` (the plan's path) and the entry at fault."""
+    tools = {**config_tools, **plan.get("tools", {})}
+    for name, tool in tools.items():
+        _check_template(name, tool["command"], where)
+    defaults = plan.get("defaults", {})
+    workstreams: dict[str, tuple[str, ...]] = {}
+    ws_deps: dict[str, tuple[str, ...]] = {}
+    raw: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    for ws in plan["workstreams"]:
+        if ws["id"] in workstreams:
+            raise LedgerError(f"{where}: workstream {ws['id']!r} appears twice; give each workstream its own id")
+        workstreams[ws["id"]] = tuple(t["id"] for t in ws.get("tasks", ()))
+        ws_deps[ws["id"]] = tuple(ws.get("depends_on", ()))
+        for task in ws.get("tasks", ()):
+            if task["id"] in raw:
+                raise LedgerError(f"{where}: task {task['id']!r} appears twice (in {raw[task['id']][0]!r} and {ws['id']!r}); task ids are unique in a plan")
+            raw[task["id"]] = (ws["id"], task)
+    clash = sorted(set(raw) & set(workstreams))
+    if clash:
+        raise LedgerError(f"{where}: {clash[0]!r} is both a task and a workstream; depends_on could not tell them apart, rename one")
+    for ws, deps in ws_deps.items():
+        for dep in deps:
+            if dep not in workstreams:
+                raise LedgerError(f"{where}: workstream {ws!r} depends on {dep!r}, which is no workstream of the plan")
+    tasks = {tid: _task(tid, ws, spec, defaults, tools, workstreams, ws_deps, raw, where) for tid, (ws, spec) in raw.items()}
+    graph = Graph(tasks, workstreams, ws_deps, tools)
+    cycle = find_cycle({t.id: t.depends_on for t in tasks.values()})
+    if cycle:
+        raise LedgerError(f"{where}: the dependencies form a cycle: {' -> '.join(cycle)}; remove one of these depends_on")
+    return graph
+
+
+def _task(tid: str, ws: str, spec: Mapping[str, Any], defaults: Mapping[str, Any], tools: Mapping[str, Any],
+          workstreams: Mapping[str, Sequence[str]], ws_deps: Mapping[str, Sequence[str]],
+          raw: Mapping[str, Any], where: str) -> Task:
+    def get(key: str, default: Any = None) -> Any:
+        return spec.get(key, defaults.get(key, default))
+
+    tool = spec.get("tool") or (defaults.get("tool") if not spec.get("run") and not spec.get("capabilities") else None)
+    if tool is not None and tool not in tools:
+        known = ", ".join(sorted(tools)) or "none: add them under tools: in the plan or .ledger/config.yaml"
+        raise LedgerError(f"{where}: task {tid!r} names the tool {tool!r}, which is not defined (tools: {known})")
+    capabilities = tuple(spec.get("capabilities", ()))
+    if capabilities and not any(set(capabilities) <= set(t.get("capabilities", ())) for t in tools.values()):
+        raise LedgerError(f"{where}: task {tid!r} needs {', '.join(capabilities)}, which no tool offers; "
+                          "add them to a tool's capabilities")
+    if not spec.get("run") and tool is None and not capabilities:
+        raise LedgerError(f"{where}: task {tid!r} has nothing to run; give it run:, or a prompt with a tool or capabilities")
+    if spec.get("run") and (tool or capabilities or spec.get("prompt")):
+        raise LedgerError(f"{where}: task {tid!r} has run: and a tool; a task either runs a command or hands a prompt to a tool")
+    deps: list[str] = []
+    for dep in spec.get("depends_on", ()):
+        if dep in workstreams:
+            deps += workstreams[dep]
+        elif dep in raw:
+            deps.append(dep)
+        else:
+            raise LedgerError(f"{where}: task {tid!r} depends on {dep!r}, which is no task or workstream of the plan")
+    for ws_dep in ws_deps.get(ws, ()):
+        deps += workstreams[ws_dep]
+    return Task(tid, ws, spec.get("title", tid), spec.get("run"), spec.get("prompt"), tool, capabilities,
+                tuple(dict.fromkeys(deps)), int(get("priority", 0)), int(get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
+                get("timeout"), get("produces_patch"), tuple(get("gates", ())))
+
+
+def _check_template(name: str, command: Sequence[str], where: str) -> None:
+    """A tool's command is an argument vector whose {placeholders} are replaced inside one
+    argument each: safe, unless the program is a shell and a placeholder lands in the code it
+    runs, where a task's text would become shell syntax."""
+    for arg in command:
+        for found in _PLACEHOLDER.findall(arg):
+            if found not in PLACEHOLDERS:
+                raise LedgerError(f"{where}: tool {name!r}: {{{found}}} is not a placeholder ({', '.join(PLACEHOLDERS)})")
+    program = command[0].rsplit("/", 1)[-1]
+    if program in _SHELLS or (program == "env" and any(a.rsplit("/", 1)[-1] in _SHELLS for a in command[1:])):
+        for i, arg in enumerate(command):
+            if _PLACEHOLDER.search(arg) and i > 0 and command[i - 1] in ("-c", "-lc", "-ec", "-xc"):
+                raise LedgerError(f"{where}: tool {name!r} puts {arg!r} into the code of {program} -c, where a task's text "
+                                  "would run as shell syntax; pass it as an argument after the script (\"$1\") instead")
+
+
+def render(command: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """The argument vector with each {placeholder} replaced: every value stays inside the
+    argument it was written in, whatever characters it holds."""
+    return [_PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), arg) for arg in command]
+
+
+def shell_argv(run: str) -> list[str]:
+    """A task's `run:`: executed directly when it is a plain command line (as make does),
+    through sh -c when it uses the shell's syntax."""
+    if re.search(r"[|&;<>()$`\\\"'*?\[\]#~=%{}\n]", run) is None:
+        return run.split()
+    try:
+        words = shlex.split(run)
+    except ValueError:
+        words = []
+    plain = words and all(re.fullmatch(r"[A-Za-z0-9_./:,@+=-]+", w) for w in words)
+    return words if plain else ["sh", "-c", run]
+
+
+def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """One dependency cycle, as [a, b, ..., a], or None: an iterative depth-first search."""
+    colour: dict[str, int] = {}
+    for start in deps:
+        if colour.get(start):
+            continue
+        colour[start] = 1
+        path = [start]
+        stack = [iter(deps[start])]
+        while stack:
+            child = next(stack[-1], None)
+            if child is None:
+                colour[path.pop()] = 2
+                stack.pop()
+            elif colour.get(child) == 1:
+                return path[path.index(child):] + [child]
+            elif not colour.get(child):
+                colour[child] = 1
+                path.append(child)
+                stack.append(iter(deps.get(child, ())))
+    return None
+
+
+def order(graph: Graph) -> list[str]:
+    """The order one worker would run the tasks in: ready tasks by priority (higher first),
+    then plan order. What --dry-run prints."""
+    import heapq
+
+    position = {tid: i for i, tid in enumerate(graph.tasks)}
+    waiting = {tid: len(t.depends_on) for tid, t in graph.tasks.items()}
+    dependents = graph.dependents()
+    ready = [(-t.priority, position[tid], tid) for tid, t in graph.tasks.items() if not t.depends_on]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        _, _, tid = heapq.heappop(ready)
+        out.append(tid)
+        for child in dependents[tid]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, (-graph.tasks[child].priority, position[child], child))
+    return out
