@@ -200,6 +200,14 @@ def test_at_its_timeout_a_command_s_whole_process_group_dies(repo: Path, tmp_pat
     assert not alive(child), "the forked child outlived its gate"
 
 
+def test_an_unbounded_timeout_means_no_limit(repo: Path) -> None:
+    write(repo, CONFIG, "schema_version: 2\ngates:\n  - {name: inf, plugin: command, args: {command: ['true']}, timeout: .inf}\n"
+                        "  - {name: huge, plugin: command, args: {command: ['true']}, timeout: 1.0e+300}\n")
+    committed(repo, {"a.txt": "a\n"})
+    code, done = gate_run(repo)
+    assert code == 0 and [d["state"] for d in done] == ["PASSED", "PASSED"]
+
+
 def test_a_missing_executable_fails_its_gate_saying_so(repo: Path) -> None:
     configure(repo, {"name": "ghost", "plugin": "command", "args": {"command": ["no-such-program-4711", "--x"]}})
     committed(repo, {"a.txt": "a\n"})

@@ -23,6 +23,7 @@ from patch_ledger.hookspecs import Failure, Gate, Kind, Outcome, Work
 GROUP = "patch_ledger.gates"
 BUILTIN = ("configured", "command", "check", "diff_policy", "pytest_gate")
 DEFAULT_TIMEOUT_S = 1800.0  # a gate without `timeout:` is stopped after half an hour
+MAX_TIMEOUT_S = 7 * 86400.0  # `timeout: .inf` or 1e300 means "no limit"; waits overflow past ~1e9 s
 GRACE_S = 5.0  # an in-process plugin still busy this long past its timeout is abandoned
 MAX_FAILURES = 1000  # of one result (schemas/gate.json)
 MAX_LOG_CHARS = 20_000
@@ -342,7 +343,7 @@ def _run_recorded(root: Path, found: Plugins, gate: Gate, target: Target, part: 
                   doc: dict[str, Any], actor: str) -> dict[str, Any]:
     doc = results.step(doc, "RUNNING", actor, "started")
     tip = results.save(root, doc, None)
-    timeout = float(gate.timeout or DEFAULT_TIMEOUT_S)
+    timeout = min(float(gate.timeout or DEFAULT_TIMEOUT_S), MAX_TIMEOUT_S)
     log = log_dir(root) / f"{target.patch[:12]}-{gate.name}-{doc['id']}.log"
     work = Work(target.checkout, root, target.patch, target.base, target.diff, target.paths, part, timeout, log,
                 tuple(earlier(root, gate.name)))
