@@ -113,11 +113,13 @@ def sync(cwd: str, remote: str | None, actor: str | None, fmt: str) -> int:
     report = syncing.sync(root, remote, actor_of(root, actor))
     def text(_: Any) -> str:
         lines = [f"ledger sync with {report.remote}: {report.fetched} new, {report.fast_forwarded} fast-forwarded, "
-                 f"{len(report.merged)} merged, {report.pushed} pushed"]
+                 f"{len(report.merged)} merged; gate results: {report.gates_fetched} new, {report.gates_forwarded} "
+                 f"fast-forwarded; {report.pushed} ref(s) pushed"]
         lines += [f"  {m.id[:12]}  {m.local} + {m.remote} -> {m.state}" for m in report.merged]
         return "\n".join(lines)
     emit(fmt, {"remote": report.remote, "fetched": report.fetched, "fast_forwarded": report.fast_forwarded,
-               "merged": [m._asdict() for m in report.merged], "pushed": report.pushed, "attempts": report.attempts}, text)
+               "merged": [m._asdict() for m in report.merged], "gates_fetched": report.gates_fetched,
+               "gates_forwarded": report.gates_forwarded, "pushed": report.pushed, "attempts": report.attempts}, text)
     return OK
 
 
@@ -126,7 +128,9 @@ def verify(cwd: str, fmt: str) -> int:
 
     root = git.toplevel(cwd)
     problems = integrity.verify_ledger(root)
-    refs = len(git.run(root, "for-each-ref", "--format=%(refname)", ledger.PREFIX).stdout.splitlines())
-    emit(fmt, {"ok": not problems, "refs": refs, "problems": [p._asdict() for p in problems]},
-         lambda _: "\n".join(integrity.lines_by_ref(problems)) or f"ledger verify: {refs} ledger ref(s) sound")
+    listed = git.run(root, "for-each-ref", "--format=%(refname)", ledger.PREFIX, results.PREFIX).stdout.decode().splitlines()
+    refs = sum(r.startswith(ledger.PREFIX) for r in listed)
+    gates = len(listed) - refs
+    emit(fmt, {"ok": not problems, "refs": refs, "gate_refs": gates, "problems": [p._asdict() for p in problems]},
+         lambda _: "\n".join(integrity.lines_by_ref(problems)) or f"ledger verify: {refs} patch ref(s) and {gates} gate result(s) sound")
     return CHECK_FAILED if problems else OK
