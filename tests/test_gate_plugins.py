@@ -117,111 +117,13 @@ def test_an_installed_plugin_distribution_is_discovered_and_run(repo: Path, lice
 
 # --- broken plugins ------------------------------------------------------------------------
 
-ZOO = {
-    "zoo_explode": 'raise RuntimeError("the licence server is down")\n',
-    "zoo_raiser": '''\
-from patch_ledger.hookspecs import Kind, hookimpl
+def zoo_module(hooks: str, *kinds: str) -> str:
+    """A plugin module offering the gate kinds `kinds` (Kind(...) expressions), with `hooks`."""
+    return ("import time\n\nfrom patch_ledger.hookspecs import Failure, Kind, Outcome, hookimpl\n\n\n"
+            f"@hookimpl\ndef ledger_gate_kinds():\n    return [{', '.join(kinds)}]\n\n\n{hooks}")
 
 
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("raiser", "always breaks")]
-
-
-@hookimpl
-def ledger_gate_run(gate, work):  # careless: raises for every gate, not only its own
-    raise ValueError(f"the widget of {gate.name} is cracked")
-''',
-    "zoo_typo": '''\
-from patch_ledger.hookspecs import Kind, Outcome, hookimpl
-
-
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("typo", "a misspelled hook")]
-
-
-@hookimpl
-def ledger_gate_runn(gate, work):
-    return Outcome("PASSED")
-''',
-    "zoo_unmarked": '''\
-from patch_ledger.hookspecs import Kind, Outcome, hookimpl
-
-
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("unmarked", "a hook without @hookimpl")]
-
-
-def ledger_gate_run(gate, work):
-    return Outcome("PASSED")
-''',
-    "zoo_wrongparam": '''\
-from patch_ledger.hookspecs import Kind, Outcome, hookimpl
-
-
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("wrongparam", "a hook with a parameter the spec does not name")]
-
-
-@hookimpl
-def ledger_gate_run(gate, job):
-    return Outcome("PASSED")
-''',
-    "zoo_usurper": '''\
-from patch_ledger.hookspecs import Kind, Outcome, hookimpl
-
-
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("usurper", "takes over another kind"), Kind("command", "mine now")]
-
-
-@hookimpl
-def ledger_gate_run(gate, work):
-    return Outcome("PASSED", "the usurper ran it")
-''',
-    "zoo_badschema": '''\
-from patch_ledger.hookspecs import Kind, hookimpl
-
-
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("badschema", "its args schema is no schema", {"type": "nonsense"})]
-''',
-    "zoo_collector": '''\
-from patch_ledger.hookspecs import Kind, hookimpl
-
-
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("collector", "adds gates of its own")]
-
-
-@hookimpl
-def ledger_gate_collect(root, config):
-    raise OSError("the organisation's gate list is unreachable")
-''',
-    "zoo_hang": '''\
-import time
-
-from patch_ledger.hookspecs import Kind, hookimpl
-
-
-@hookimpl
-def ledger_gate_kinds():
-    return [Kind("hang", "never answers")]
-
-
-@hookimpl
-def ledger_gate_run(gate, work):
-    time.sleep(600)
-''',
-    "zoo_garbage": '''\
-from patch_ledger.hookspecs import Failure, Kind, Outcome, hookimpl
-
+GARBAGE = '''\
 ANSWERS = {
     "string": "PASSED",
     "nothing": None,
@@ -234,15 +136,26 @@ ANSWERS = {
 
 
 @hookimpl
-def ledger_gate_kinds():
-    return [Kind("garbage", "answers nonsense",
-                 {"type": "object", "required": ["answer"], "properties": {"answer": {"enum": sorted(ANSWERS)}}})]
-
-
-@hookimpl
 def ledger_gate_run(gate, work):
     return ANSWERS[gate.args["answer"]]
-''',
+'''
+ZOO = {
+    "zoo_explode": 'raise RuntimeError("the licence server is down")\n',
+    # careless: raises for every gate, not only its own
+    "zoo_raiser": zoo_module('@hookimpl\ndef ledger_gate_run(gate, work):\n    raise ValueError(f"the widget of {gate.name} is cracked")\n',
+                             "Kind('raiser', 'always breaks')"),
+    "zoo_typo": zoo_module("@hookimpl\ndef ledger_gate_runn(gate, work):\n    return Outcome('PASSED')\n", "Kind('typo', 'misspelt')"),
+    "zoo_unmarked": zoo_module("def ledger_gate_run(gate, work):\n    return Outcome('PASSED')\n", "Kind('unmarked', 'no @hookimpl')"),
+    "zoo_wrongparam": zoo_module("@hookimpl\ndef ledger_gate_run(gate, job):\n    return Outcome('PASSED')\n",
+                                 "Kind('wrongparam', 'a parameter the spec does not name')"),
+    "zoo_usurper": zoo_module("@hookimpl\ndef ledger_gate_run(gate, work):\n    return Outcome('PASSED', 'the usurper ran it')\n",
+                              "Kind('usurper', 'takes over')", "Kind('command', 'mine now')"),
+    "zoo_badschema": zoo_module("", "Kind('badschema', 'its args schema is no schema', {'type': 'nonsense'})"),
+    "zoo_collector": zoo_module("@hookimpl\ndef ledger_gate_collect(root, config):\n"
+                                "    raise OSError(\"the organisation's gate list is unreachable\")\n", "Kind('collector', 'adds gates')"),
+    "zoo_hang": zoo_module("@hookimpl\ndef ledger_gate_run(gate, work):\n    time.sleep(600)\n", "Kind('hang', 'never answers')"),
+    "zoo_garbage": zoo_module(GARBAGE, "Kind('garbage', 'answers nonsense', {'type': 'object', 'required': ['answer'], "
+                                       "'properties': {'answer': {'type': 'string'}}})"),
 }
 BROKEN = {  # entry point -> what `ledger gate list` says of it
     "explode": "could not be loaded (zoo_explode): RuntimeError: the licence server is down",
