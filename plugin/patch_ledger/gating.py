@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+import sys
 import threading
 import time
 import traceback
@@ -399,10 +400,15 @@ def _cut(text: str, limit: int) -> str:
 
 
 def _report(found: Plugins, gate: Gate, doc: Mapping[str, Any]) -> None:
-    try:
-        found.manager.hook.ledger_gate_report(gate=gate, result=doc)
-    except Exception as e:  # noqa: BLE001 - the result is recorded; an observer's failure is not the gate's
-        print(f"warning: a ledger_gate_report hook raised {type(e).__name__}: {_first_line(e)}", flush=True)
+    """Every plugin's ledger_gate_report, each on its own: one that raises is named in a
+    warning on stderr (stdout may be a JSON report) and the others are still called."""
+    for impl in found.manager.hook.ledger_gate_report.get_hookimpls():
+        given = {"gate": gate, "result": doc}
+        try:
+            impl.function(**{a: given[a] for a in impl.argnames})
+        except Exception as e:  # noqa: BLE001 - the result is recorded; an observer's failure is not the gate's
+            print(f"ledger: warning: plugin {impl.plugin_name}'s ledger_gate_report raised {type(e).__name__}: {_first_line(e)}",
+                  file=sys.stderr, flush=True)
 
 
 def earlier(root: Path, gate: str, count: int = 3) -> list[dict[str, Any]]:
