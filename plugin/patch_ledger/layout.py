@@ -16,7 +16,7 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("workstream", ".ledger/runs/{run}/workstreams/{id}.json"),
     ("task", ".ledger/runs/{run}/tasks/{id}.json"),
     ("worker", ".ledger/runs/{run}/workers/{id}.json"),
-    ("breaker", ".ledger/runs/{run}/breakers/{id}.json"),
+    ("breaker", ".ledger/breakers/{id}.json"),  # a tool's breaker outlives a run
     ("workflow", ".ledger/runs/{run}/workflows/{id}.json"),
     ("event", ".ledger/runs/{run}/events.jsonl"),
 )

@@ -84,6 +84,9 @@ class RunStore:
         return [self.read("task", p.stem) for p in sorted(tasks_dir.glob("*.json"))]
 
     def _save(self, kind: str, doc: Doc, data: Doc) -> Doc:
+        if "{run}" not in _PATTERNS[kind]:  # a breaker outlives the run: its file is its own record
+            self._keep(kind, doc)
+            return doc
         step = doc["history"][-1]
         self._seq += 1
         event = {"schema_version": schemas.CURRENT_VERSION, "seq": self._seq, "at": step["at"], "type": "transition",

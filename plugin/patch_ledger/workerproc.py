@@ -1,0 +1,161 @@
+"""A worker of `ledger run`: a process that runs the jobs its scheduler sends, one at a time.
+
+The scheduler writes one JSON job a line to the worker's standard input; the worker answers
+on its standard output, one JSON message a line: `start` when a job's process began, `done`
+when it ended (exit code, whether it timed out, its duration, an excerpt of its output and
+the cost it reported), and a `beat` every interval, so the scheduler sees a worker that hangs.
+Each job runs in its own process group, killed at the job's deadline and again when it ends
+(a child that outlived it dies too). When its standard input closes (the scheduler is gone,
+even killed), the worker kills the job it runs and exits: no task runs unwatched.
+
+Run as `python -m patch_ledger.workerproc INTERVAL`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+COST_KEY = "ledger_cost"  # a tool's cost line: {"ledger_cost": {"tokens": 1200, "money": 0.03}}
+SCAN_BYTES = 1 << 20  # of a log, the end that is searched for cost lines
+EXCERPT_BYTES = 4000
+
+_write_lock = threading.Lock()
+
+
+def say(message: dict[str, Any]) -> None:
+    line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+    with _write_lock:
+        os.write(1, line)
+
+
+def stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def main(interval: float) -> None:
+    jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    current: dict[str, int] = {}  # "pgid" of the job running now
+    threading.Thread(target=_run_jobs, args=(jobs, current), daemon=True).start()
+    threading.Thread(target=_beat, args=(interval,), daemon=True).start()
+    for line in sys.stdin.buffer:
+        if line.strip():
+            jobs.put(json.loads(line))
+    # standard input closed: the scheduler is gone or done; nothing we started outlives us
+    pgid = current.get("pgid")
+    if pgid:
+        _kill(pgid)
+    os._exit(0)
+
+
+def _beat(interval: float) -> None:
+    while True:
+        say({"beat": stamp()})
+        time.sleep(interval)
+
+
+def _run_jobs(jobs: "queue.Queue[dict[str, Any] | None]", current: dict[str, int]) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        say(run_job(job, current))
+
+
+def run_job(job: dict[str, Any], current: dict[str, int]) -> dict[str, Any]:
+    log = Path(job["log"])
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    with open(log, "wb") as out:
+        try:
+            proc = subprocess.Popen(job["argv"], cwd=job.get("cwd"), env={**os.environ, **job.get("env", {})},
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            out.write(f"could not start {job['argv'][0]!r}: {e.strerror or e}\n".encode())
+            return _done(job, 127, False, time.monotonic() - start, log)
+        current["pgid"] = proc.pid
+        say({"start": job["task"], "attempt": job["attempt"], "pid": proc.pid, "at": stamp()})
+        timed_out = False
+        try:
+            proc.wait(timeout=job.get("timeout"))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _kill(proc.pid)
+        returncode = proc.wait()
+        current.pop("pgid", None)
+    return _done(job, returncode, timed_out, time.monotonic() - start, log)
+
+
+def _kill(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _done(job: dict[str, Any], returncode: int, timed_out: bool, duration: float, log: Path) -> dict[str, Any]:
+    tail = _tail(log, SCAN_BYTES)
+    cost, problem = parse_cost(tail, job.get("cost_pattern"))
+    text = tail[-EXCERPT_BYTES:].decode("utf-8", "replace")
+    return {"done": job["task"], "attempt": job["attempt"], "rc": returncode, "timed_out": timed_out,
+            "duration": round(duration, 6), "excerpt": text, "cost": cost, "cost_problem": problem, "at": stamp()}
+
+
+def _tail(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - size))
+        return f.read()
+
+
+def parse_cost(output: bytes, pattern: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The cost a tool reported: the sum of its `{"ledger_cost": {...}}` lines, or of the
+    matches of the tool's `pattern` (named groups tokens and money); (None, why) when a line
+    claimed to be one and was not."""
+    total: dict[str, Any] = {}
+    problem = None
+    text = output.decode("utf-8", "replace")
+    if pattern:
+        for m in re.finditer(pattern, text):
+            try:
+                _add(total, m.groupdict().get("tokens"), m.groupdict().get("money"))
+            except ValueError as e:
+                problem = f"the cost pattern matched {m.group(0)[:120]!r}, which is no cost ({e})"
+    for line in text.splitlines():
+        if COST_KEY not in line:
+            continue
+        try:
+            value = json.loads(line)[COST_KEY]
+            if not isinstance(value, dict):
+                raise ValueError("not an object")
+            _add(total, value.get("tokens"), value.get("money"))
+        except (ValueError, KeyError, TypeError) as e:
+            problem = f"a {COST_KEY} line is not the documented JSON ({e}): {line.strip()[:120]!r}"
+    return (total or None), problem
+
+
+def _add(total: dict[str, Any], tokens: Any, money: Any) -> None:
+    if tokens is not None:
+        value = int(float(tokens))
+        if value < 0:
+            raise ValueError("tokens below 0")
+        total["tokens"] = total.get("tokens", 0) + value
+    if money is not None:
+        value = float(money)
+        if not value >= 0 or value == float("inf"):
+            raise ValueError("money is not a finite amount of at least 0")
+        total["money"] = round(total.get("money", 0.0) + value, 6)
+
+
+if __name__ == "__main__":
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
