@@ -250,6 +250,26 @@ def gate_run(names: tuple[str, ...], patch_id: str | None, rev: str | None, shar
     return command.run(".", names, patch_id, rev, shard, actor, fmt)
 
 
+@cli.command("run")
+@click.argument("plan", required=False)
+@click.option("--workers", "-j", type=int, default=2, show_default=True, help="Worker processes running tasks at once.")
+@click.option("--resume", metavar="RUN_ID", help="Continue a run that was interrupted, paused or stopped by its budget.")
+@click.option("--dry-run", is_flag=True, help="Print the order and the routing; run nothing, write nothing.")
+@click.option("--budget", type=float, metavar="AMOUNT", help="Start no new task once the run's cost reaches AMOUNT.")
+@click.option("--heartbeat", type=float, default=1.0, show_default=True, metavar="SECONDS",
+              help="A worker silent for two of these is UNHEALTHY: killed, its task retried.")
+@ACTOR
+@FORMAT
+def run_plan(plan: str | None, workers: int, resume: str | None, dry_run: bool, budget: float | None, heartbeat: float,
+             actor: str | None, fmt: str) -> int:
+    """Run PLAN (.ledger/plans/NAME.yaml, or NAME) as a DAG of tasks with a pool of workers;
+    its state is committed JSON under .ledger/runs/. Exit 1 when a task failed or the run
+    stopped early."""
+    from patch_ledger.commands import run as command
+
+    return command.run(".", plan, workers, resume, dry_run, budget, heartbeat, actor, fmt)
+
+
 @cli.command()
 @click.argument("remote", required=False)
 @ACTOR

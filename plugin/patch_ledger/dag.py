@@ -31,6 +31,7 @@ class Task(NamedTuple):
     timeout: float | None
     produces_patch: bool | None  # None: as the tool says (edits_code)
     gates: tuple[str, ...]
+    retry_delay_s: float
 
 
 class Graph(NamedTuple):
@@ -111,7 +112,7 @@ def _task(tid: str, ws: str, spec: Mapping[str, Any], defaults: Mapping[str, Any
         deps += workstreams[ws_dep]
     return Task(tid, ws, spec.get("title", tid), spec.get("run"), spec.get("prompt"), tool, capabilities,
                 tuple(dict.fromkeys(deps)), int(get("priority", 0)), int(get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
-                get("timeout"), get("produces_patch"), tuple(get("gates", ())))
+                get("timeout"), get("produces_patch"), tuple(get("gates", ())), float(get("retry_delay_s", 1.0)))
 
 
 def _check_template(name: str, command: Sequence[str], where: str) -> None:

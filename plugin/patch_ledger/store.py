@@ -57,8 +57,11 @@ class RunStore:
 
     def move(self, kind: str, doc_id: str, to: str, actor: str, reason: str = "", at: str | None = None,
              fields: Mapping[str, Any] | None = None) -> Doc:
-        return self._save(kind, machine.advance(self.read(kind, doc_id), kind, to, actor, reason, at=at, fields=fields),
-                          dict(fields or {}))
+        """`doc_id` to state `to`, with `fields` set (a field set to None is removed)."""
+        given = dict(fields or {})
+        doc = {k: v for k, v in self.read(kind, doc_id).items() if given.get(k, 0) is not None}
+        kept = {k: v for k, v in given.items() if v is not None}
+        return self._save(kind, machine.advance(doc, kind, to, actor, reason, at=at, fields=kept), given)
 
     def update(self, kind: str, doc_id: str, fields: Mapping[str, Any]) -> Doc:
         """Change fields that are not the state (an aggregate such as progress or cost)."""
@@ -167,7 +170,11 @@ class RunStore:
                 continue
             if entry in doc["history"]:
                 continue
-            doc.update(event.get("data", {}))
+            for field, value in event.get("data", {}).items():
+                if value is None:
+                    doc.pop(field, None)
+                else:
+                    doc[field] = value
             doc["history"].append(entry)
             doc["state"] = entry["to"]
             self._dirty[key] = None

@@ -1,0 +1,125 @@
+"""`ledger run PLAN [--workers N] [--resume RUN_ID] [--dry-run] [--budget AMOUNT]`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from patch_ledger import config, dag, git, plans, router
+from patch_ledger.commands.patch import actor_of
+from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
+from patch_ledger.orchestrator import Options, Orchestrator
+from patch_ledger.report import emit
+from patch_ledger.store import RunStore, path_of
+
+
+def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: bool, budget: float | None,
+        heartbeat: float, actor: str | None, fmt: str) -> int:
+    root = git.toplevel(cwd)
+    if workers < 1:
+        raise LedgerError(f"--workers {workers}: give at least 1")
+    if budget is not None and budget < 0:
+        raise LedgerError(f"--budget {budget:g}: a budget is an amount of at least 0")
+    if resume:
+        store, plan_path = _resumed(root, resume)
+    else:
+        if plan is None:
+            raise LedgerError("name a plan (e.g. .ledger/plans/build.yaml, or just build), or --resume RUN_ID")
+        store, plan_path = None, plan_path_of(root, plan)
+    graph = dag.build(plans.load(root, plan_path), config.load(root).get("tools", {}), plan_path)
+    routes = router.Router(root, graph.tools)
+    if dry_run:
+        return _dry_run(graph, routes, fmt)
+    who = actor_of(root, actor)
+    if store is None:
+        store = create_run(root, graph, plan_path, _new_run_id(root, graph, plan_path), who, budget)
+    elif budget is not None:
+        store.update("run", store.run, {"budget": budget})
+    run_budget = budget if budget is not None else store.read("run", store.run).get("budget")
+    options = Options(workers, run_budget, heartbeat, fmt == "text" and sys.stderr.isatty(), who)
+    summary = Orchestrator(root, graph, store, options, routes.job_for(store.run, root)).execute()
+    if options.progress:
+        sys.stderr.write("\n")
+    emit(fmt, summary._asdict(), lambda s: _text(s))
+    return OK if summary.state == "COMPLETED" else CHECK_FAILED
+
+
+def plan_path_of(root: Path, given: str) -> str:
+    """A plan by path (relative to the repository) or by name (.ledger/plans/NAME.yaml)."""
+    candidates = [given, f".ledger/plans/{given}.yaml", f".ledger/plans/{given}"]
+    for c in candidates:
+        path = (Path.cwd() / c) if not os.path.isabs(c) else Path(c)
+        for p in (path, root / c):
+            if p.is_file():
+                try:
+                    return p.resolve().relative_to(root.resolve()).as_posix()
+                except ValueError:
+                    raise LedgerError(f"{given}: a plan must live in the repository (under .ledger/plans/)") from None
+    raise LedgerError(f"{given}: no such plan; plans live in .ledger/plans/<name>.yaml")
+
+
+def create_run(root: Path, graph: dag.Graph, plan_path: str, run_id: str, actor: str, budget: float | None) -> RunStore:
+    """The run's files, every task PENDING, written in one flush."""
+    store = RunStore(root, run_id, autoflush=False)
+    fields: dict[str, Any] = {"plan": plan_path, "progress": 0.0}
+    base = git.commit_of(root, "HEAD")
+    if base:
+        fields["base"] = base
+    if budget is not None:
+        fields["budget"] = budget
+    store.create("run", run_id, actor, fields=fields)
+    for ws, tids in graph.workstreams.items():
+        store.create("workstream", ws, actor, fields={"run": run_id, "title": ws, "depends_on": list(graph.workstream_deps[ws]),
+                                                     "progress": 0.0})
+    for task in graph.tasks.values():
+        store.create("task", task.id, actor, fields={
+            "run": run_id, "workstream": task.workstream, "title": task.title, "depends_on": list(task.depends_on),
+            "priority": task.priority, "attempts": 0, "max_attempts": task.max_attempts})
+    store.flush()
+    return store
+
+
+def _new_run_id(root: Path, graph: dag.Graph, plan_path: str) -> str:
+    name = Path(plan_path).stem
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    run_id, n = f"{name}-{stamp}", 1
+    while (root / path_of("run", run_id, run_id)).exists():
+        n += 1
+        run_id = f"{name}-{stamp}-{n}"
+    return run_id
+
+
+def _resumed(root: Path, run_id: str) -> tuple[RunStore, str]:
+    if not (root / path_of("run", run_id, run_id)).is_file():
+        raise LedgerError(f"--resume {run_id}: no run {run_id} under .ledger/runs/; `ledger status` lists the runs")
+    store = RunStore.load(root, run_id)
+    run = store.read("run", run_id)
+    if run["state"] in ("COMPLETED", "FAILED", "CANCELLED"):
+        raise LedgerError(f"--resume {run_id}: the run is {run['state']}, a final state; start a new run of its plan")
+    return store, run["plan"]
+
+
+def _dry_run(graph: dag.Graph, routes: "router.Router", fmt: str) -> int:
+    order = dag.order(graph)
+    steps = []
+    for i, tid in enumerate(order, 1):
+        task = graph.tasks[tid]
+        tool, why = routes.choose(task)
+        steps.append({"order": i, "task": tid, "workstream": task.workstream, "priority": task.priority,
+                      "depends_on": list(task.depends_on), "tool": tool, "route": why})
+    emit(fmt, {"tasks": steps}, lambda _: "\n".join(
+        f"{s['order']:>4}. {s['task']}  [{s['workstream']}]" + (f" priority {s['priority']}" if s["priority"] else "")
+        + f"  -> {s['tool'] or 'sh'}: {s['route']}" + (f"  after {', '.join(s['depends_on'])}" if s["depends_on"] else "")
+        for s in steps))
+    return OK
+
+
+def _text(summary: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items())
+    cost = summary["cost"]
+    spent = f"; cost {cost.get('money', 0):g} ({cost.get('tokens', 0)} tokens)" if cost else ""
+    note = f"\n{summary['note']}" if summary["note"] else ""
+    return f"run {summary['run']}: {summary['state']} in {summary['duration_s']:.1f} s; tasks: {counts}{spent}{note}"

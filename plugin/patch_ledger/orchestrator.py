@@ -1,0 +1,483 @@
+"""`ledger run`: a plan's tasks executed as a DAG by a pool of worker processes.
+
+One loop, in one thread, owns the state: it reads the workers' messages (patch_ledger.workerproc),
+moves tasks, workstreams, workers and breakers through their machines in the run's RunStore,
+and flushes each batch durably before the next (the event log first). Ready tasks go out by
+priority, each worker holding at most LOOKAHEAD jobs so it never waits for the loop. A task
+that fails is retried after an exponential backoff whose jitter is fixed by the task and the
+attempt; one out of attempts is FAILED, and every task that depends on it is CANCELLED (the
+run still finishes). A worker that misses two heartbeats is UNHEALTHY: it is killed with its
+job's process group, and its task is requeued as a new attempt. Ctrl-C drains: running tasks
+finish, nothing new starts, the run is PAUSED; `--resume` continues it, a task found RUNNING
+becoming a new attempt and a COMPLETED one never running again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from patch_ledger import dag, machine
+from patch_ledger.errors import LedgerError
+from patch_ledger.store import RunStore
+
+LOOKAHEAD = 2  # jobs a worker holds: the one it runs and the next
+FLUSH_S = 0.05  # the longest a transition waits in memory before it is on disk
+MAX_RETRY_DELAY_S = 3600.0
+ACTOR = "ledger run"
+
+
+class Options(NamedTuple):
+    workers: int = 2
+    budget: float | None = None
+    heartbeat_s: float = 1.0
+    progress: bool = False  # a live line on a terminal
+    actor: str = ACTOR
+
+
+class Slot:
+    """One worker process and what it holds."""
+
+    def __init__(self, worker_id: str, proc: subprocess.Popen[bytes]) -> None:
+        self.id, self.proc = worker_id, proc
+        self.jobs: list[tuple[str, int]] = []  # (task, attempt) sent, not done; the first runs
+        self.running: tuple[str, int, int] | None = None  # (task, attempt, pid) once started
+        self.last_beat = time.monotonic()
+        self.buffer = b""
+        self.alive = True
+
+
+class Summary(NamedTuple):
+    run: str
+    state: str
+    counts: dict[str, int]
+    cost: dict[str, Any]
+    duration_s: float
+    note: str
+
+
+def retry_delay(task: str, attempt: int, base: float) -> float:
+    """base * 2^(attempt-1), capped, plus up to half of it again: a jitter computed from the
+    task and the attempt, so a resumed run computes the same schedule."""
+    delay = min(MAX_RETRY_DELAY_S, base * (2 ** max(0, attempt - 1)))
+    digest = hashlib.sha256(f"{task}\0{attempt}".encode()).digest()
+    return delay * (1 + 0.5 * int.from_bytes(digest[:4], "big") / 2**32)
+
+
+def _later(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _seconds_until(stamp: str) -> float:
+    when = datetime.strptime(stamp[:26].rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc) \
+        if "." in stamp else datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    return (when - datetime.now(timezone.utc)).total_seconds()
+
+
+class Orchestrator:
+    def __init__(self, root: Path, graph: dag.Graph, store: RunStore, options: Options,
+                 job_of: Callable[[dag.Task, dict[str, Any], int], dict[str, Any]]) -> None:
+        self.root, self.graph, self.store, self.options, self.job_of = root, graph, store, options, job_of
+        self.run = store.run
+        self.position = {tid: i for i, tid in enumerate(graph.tasks)}
+        self.dependents = graph.dependents()
+        self.ready: list[tuple[int, int, str]] = []
+        self.retries: list[tuple[float, str]] = []
+        self.slots: dict[str, Slot] = {}
+        self.selector = selectors.DefaultSelector()
+        self.draining = False
+        self.note = ""
+        self.last_flush = time.monotonic()
+        self.started = time.monotonic()
+        self.durations: list[float] = []
+        self.worker_count = len(store.docs("worker"))
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def execute(self) -> Summary:
+        self._prepare()
+        try:
+            previous = signal.signal(signal.SIGINT, self._drain)
+        except ValueError:  # not the main thread (a test): no Ctrl-C to catch
+            previous = None
+        try:
+            for _ in range(self.options.workers):
+                self._spawn()
+            while not self._finished():
+                self._step()
+            self._close()
+        finally:
+            for slot in list(self.slots.values()):
+                self._kill(slot)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return self._summary()
+
+    def _drain(self, signum: int, frame: Any) -> None:
+        if self.draining:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.draining = True
+        self.note = "draining on Ctrl-C: running tasks finish, nothing new starts (Ctrl-C again stops at once)"
+        for slot in self.slots.values():
+            self._send(slot, {"stop": True})
+
+    def _step(self) -> None:
+        timeout = self._timeout()
+        for key, _ in self.selector.select(timeout):
+            self._read(key.data)
+        now = time.monotonic()
+        while self.retries and self.retries[0][0] <= now and not self.draining:
+            _, tid = heapq.heappop(self.retries)
+            self._move_task(tid, "QUEUED", "the retry's delay passed")
+            self._push_ready(tid)
+        self._check_heartbeats(now)
+        self._dispatch()
+        if now - self.last_flush >= FLUSH_S or self._finished():
+            self._flush()
+        self._show_progress()
+
+    def _timeout(self) -> float:
+        waits = [FLUSH_S, self.options.heartbeat_s]
+        if self.retries:
+            waits.append(max(0.0, self.retries[0][0] - time.monotonic()))
+        return max(0.001, min(waits))
+
+    def _finished(self) -> bool:
+        busy = any(s.jobs for s in self.slots.values())
+        if self.draining or self._over_budget():
+            return not busy
+        return all(self._state(t) in machine.load("task").terminal for t in self.graph.tasks)
+
+    def _flush(self) -> None:
+        self._settle_workstreams()
+        self._sum_costs()
+        self.store.refresh_progress()
+        self.store.flush()
+        self.last_flush = time.monotonic()
+
+    # --- preparing and closing --------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Bring a new or resumed run to RUNNING: a task found RUNNING or VALIDATING (the run
+        was killed) becomes a new attempt; a worker of the old run is terminated."""
+        run = self.store.read("run", self.run)
+        if run["state"] in ("INITIALIZING", "PAUSED"):
+            self.store.move("run", self.run, "RUNNING", self.options.actor, "started" if run["state"] == "INITIALIZING" else "resumed")
+        for worker in self.store.docs("worker"):
+            if worker["state"] == "BUSY":
+                self.store.move("worker", worker["id"], "UNHEALTHY", self.options.actor, "its run was interrupted")
+            if worker["state"] != "TERMINATED":
+                self.store.move("worker", worker["id"], "TERMINATED", self.options.actor, "its run was interrupted")
+        for tid, task in self.graph.tasks.items():
+            state = self._state(tid)
+            if state in ("RUNNING", "VALIDATING"):
+                self._fail_attempt(tid, "the run was interrupted while it ran; a new attempt", immediate=True)
+            elif state == "QUEUED":
+                self._push_ready(tid)
+            elif state == "RETRYING":
+                when = self.store.read("task", tid).get("next_retry_at")
+                heapq.heappush(self.retries, (time.monotonic() + max(0.0, _seconds_until(when)) if when else 0.0, tid))
+            elif state == "PENDING":
+                self._queue_if_ready(tid)
+        for tid in self.graph.tasks:
+            if self._state(tid) in ("FAILED", "CANCELLED"):
+                self._cancel_dependents(tid)
+        self._flush()
+
+    def _close(self) -> None:
+        for slot in list(self.slots.values()):
+            self._retire(slot, "the run ended")
+        run = self.store.read("run", self.run)
+        states = [self._state(t) for t in self.graph.tasks]
+        if all(s in machine.load("task").terminal for s in states):
+            to = "COMPLETED" if all(s == "COMPLETED" for s in states) else "FAILED"
+            why = "every task completed" if to == "COMPLETED" else f"{sum(s != 'COMPLETED' for s in states)} task(s) failed or were cancelled"
+            self._settle_workstreams()
+            if run["state"] == "RUNNING":
+                self.store.refresh_progress()
+                self.store.move("run", self.run, to, self.options.actor, why)
+        elif run["state"] == "RUNNING":
+            why = self.note or "stopped"
+            self.store.move("run", self.run, "PAUSED", self.options.actor, f"{why}; `ledger run --resume {self.run}` continues")
+        self._flush()
+
+    def _summary(self) -> Summary:
+        counts: dict[str, int] = {}
+        for tid in self.graph.tasks:
+            counts[self._state(tid)] = counts.get(self._state(tid), 0) + 1
+        run = self.store.read("run", self.run)
+        return Summary(self.run, run["state"], dict(sorted(counts.items())), run.get("cost", {}),
+                       time.monotonic() - self.started, self.note)
+
+    # --- workers ----------------------------------------------------------------------
+
+    def _spawn(self) -> Slot:
+        self.worker_count += 1
+        worker_id = f"worker-{self.worker_count}"
+        proc = subprocess.Popen([sys.executable, "-m", "patch_ledger.workerproc", str(self.options.heartbeat_s)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.root)
+        os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        slot = Slot(worker_id, proc)
+        self.slots[worker_id] = slot
+        self.selector.register(proc.stdout, selectors.EVENT_READ, slot)  # type: ignore[arg-type]
+        self.store.create("worker", worker_id, self.options.actor, fields={"run": self.run, "host": os.uname().nodename,
+                                                                           "pid": proc.pid})
+        return slot
+
+    def _send(self, slot: Slot, message: dict[str, Any]) -> None:
+        try:
+            slot.proc.stdin.write((json.dumps(message) + "\n").encode())  # type: ignore[union-attr]
+            slot.proc.stdin.flush()  # type: ignore[union-attr]
+        except (BrokenPipeError, OSError):
+            slot.alive = False
+
+    def _read(self, slot: Slot) -> None:
+        try:
+            data = os.read(slot.proc.stdout.fileno(), 1 << 16)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return
+        if not data:
+            self._lost(slot, f"{slot.id} exited unexpectedly")
+            return
+        slot.last_beat = time.monotonic()
+        slot.buffer += data
+        *lines, slot.buffer = slot.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self._handle(slot, json.loads(line))
+
+    def _handle(self, slot: Slot, message: dict[str, Any]) -> None:
+        if "start" in message:
+            tid, attempt = message["start"], message["attempt"]
+            slot.running = (tid, attempt, message["pid"])
+            if self.store.read("worker", slot.id)["state"] == "BUSY":
+                self._worker_to(slot, "IDLE", "between two jobs")
+            self._worker_to(slot, "BUSY", f"runs {tid}", tid)
+            self.store.move("task", tid, "RUNNING", slot.id, f"attempt {attempt} on {slot.id}",
+                            fields={"attempts": attempt, "worker": slot.id})
+        elif "done" in message:
+            tid, attempt = message["done"], message["attempt"]
+            slot.jobs = [j for j in slot.jobs if j != (tid, attempt)]
+            slot.running = None
+            if self._state(tid) == "RUNNING" and self.store.read("task", tid)["attempts"] == attempt:
+                self._finish_attempt(tid, message, slot)
+            if not slot.jobs:
+                self._worker_to(slot, "IDLE", f"finished {tid}")
+        elif "dropped" in message:
+            slot.jobs = [j for j in slot.jobs if j[0] != message["dropped"]]
+            self._push_ready(message["dropped"])
+
+    def _worker_to(self, slot: Slot, to: str, reason: str, task: str | None = None) -> None:
+        """The worker's machine follows its jobs: BUSY with the task it runs, IDLE without one."""
+        if self.store.read("worker", slot.id)["state"] != to:
+            self.store.move("worker", slot.id, to, slot.id, reason, fields={"task": task})  # None drops the field
+
+    def _check_heartbeats(self, now: float) -> None:
+        for slot in list(self.slots.values()):
+            if slot.alive and now - slot.last_beat > 2 * self.options.heartbeat_s:
+                self._lost(slot, f"{slot.id} missed two heartbeats ({2 * self.options.heartbeat_s:g} s)")
+            elif not slot.alive:
+                self._lost(slot, f"{slot.id} stopped reading its jobs")
+
+    def _lost(self, slot: Slot, why: str) -> None:
+        """A worker that stopped beating or died: killed with its job, its task a new
+        attempt, its waiting jobs back in the queue, and a new worker in its place."""
+        if slot.id not in self.slots:
+            return
+        self._kill(slot)
+        state = self.store.read("worker", slot.id)["state"]
+        if state in ("IDLE", "BUSY"):
+            self.store.move("worker", slot.id, "UNHEALTHY", self.options.actor, why)
+        self.store.move("worker", slot.id, "TERMINATED", self.options.actor, "killed with its job's process group")
+        for tid, attempt in slot.jobs:
+            if self._state(tid) == "RUNNING" and self.store.read("task", tid)["attempts"] == attempt:
+                self._fail_attempt(tid, f"{why}; its job was killed", immediate=True)
+            elif self._state(tid) == "QUEUED":
+                self._push_ready(tid)
+        slot.jobs = []
+        del self.slots[slot.id]
+        if not self.draining:
+            self._spawn()
+
+    def _kill(self, slot: Slot) -> None:
+        if slot.running:
+            try:
+                os.killpg(slot.running[2], signal.SIGKILL)  # the job's whole group: it never runs twice at once
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.selector.unregister(slot.proc.stdout)  # type: ignore[arg-type]
+        except (KeyError, ValueError):
+            pass
+        slot.proc.kill()
+        slot.proc.wait()
+        slot.alive = False
+
+    def _retire(self, slot: Slot, why: str) -> None:
+        try:
+            slot.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        self._kill(slot)
+        state = self.store.read("worker", slot.id)["state"]
+        if state == "BUSY":
+            self.store.move("worker", slot.id, "DRAINING", self.options.actor, why)
+        if state != "TERMINATED":
+            self.store.move("worker", slot.id, "TERMINATED", self.options.actor, why)
+        del self.slots[slot.id]
+
+    # --- tasks ------------------------------------------------------------------------
+
+    def _state(self, tid: str) -> str:
+        return self.store.read("task", tid)["state"]
+
+    def _move_task(self, tid: str, to: str, reason: str, fields: dict[str, Any] | None = None) -> None:
+        self.store.move("task", tid, to, self.options.actor, reason, fields=fields)
+
+    def _push_ready(self, tid: str) -> None:
+        heapq.heappush(self.ready, (-self.graph.tasks[tid].priority, self.position[tid], tid))
+
+    def _queue_if_ready(self, tid: str) -> None:
+        if self._state(tid) == "PENDING" and all(self._state(d) == "COMPLETED" for d in self.graph.tasks[tid].depends_on):
+            deps = self.graph.tasks[tid].depends_on
+            self._move_task(tid, "QUEUED", "its dependencies completed" if deps else "no dependencies")
+            self._push_ready(tid)
+
+    def _dispatch(self) -> None:
+        if self.draining or self._over_budget():
+            return
+        while self.ready:
+            slot = min((s for s in self.slots.values() if s.alive and len(s.jobs) < LOOKAHEAD), key=lambda s: len(s.jobs), default=None)
+            if slot is None:
+                return
+            _, _, tid = heapq.heappop(self.ready)
+            if self._state(tid) != "QUEUED" or any(tid == j[0] for s in self.slots.values() for j in s.jobs):
+                continue
+            task = self.graph.tasks[tid]
+            doc = self.store.read("task", tid)
+            attempt = doc["attempts"] + 1
+            self._send(slot, {**self.job_of(task, doc, attempt), "task": tid, "attempt": attempt})
+            slot.jobs.append((tid, attempt))
+
+    def _finish_attempt(self, tid: str, done: dict[str, Any], slot: Slot) -> None:
+        task = self.store.read("task", tid)
+        cost = _summed(task.get("cost", {}), done.get("cost") or {})
+        result = {"exit_code": done["rc"], "timed_out": done["timed_out"], "output": done["excerpt"][-2000:]}
+        if done.get("cost_problem"):
+            result["cost_problem"] = done["cost_problem"]
+        fields: dict[str, Any] = {"duration_s": round(done["duration"], 6), "result": result}
+        if cost:
+            fields["cost"] = cost
+        self.durations.append(done["duration"])
+        if done["rc"] == 0 and not done["timed_out"]:
+            self.store.move("task", tid, "VALIDATING", slot.id, "exit code 0", fields=fields)
+            self._move_task(tid, "COMPLETED", "its command succeeded", {"progress": 1.0})
+            for child in self.dependents[tid]:
+                self._queue_if_ready(child)
+            return
+        self.store.update("task", tid, fields)
+        why = f"timed out after {self.graph.tasks[tid].timeout:g} s" if done["timed_out"] else f"exit code {done['rc']}"
+        self._fail_attempt(tid, why)
+
+    def _fail_attempt(self, tid: str, why: str, immediate: bool = False) -> None:
+        """RUNNING or VALIDATING -> RETRYING (with its next time) while attempts remain, else FAILED."""
+        task = self.store.read("task", tid)
+        spec = self.graph.tasks[tid]
+        if task["attempts"] < task["max_attempts"]:
+            delay = 0.0 if immediate else retry_delay(tid, task["attempts"], spec.retry_delay_s)
+            self._move_task(tid, "RETRYING", f"attempt {task['attempts']} failed: {why}; again in {delay:.1f} s",
+                            {"next_retry_at": _later(delay)})
+            heapq.heappush(self.retries, (time.monotonic() + delay, tid))
+        else:
+            self._move_task(tid, "FAILED", f"attempt {task['attempts']} of {task['max_attempts']} failed: {why}")
+            self._cancel_dependents(tid)
+
+    def _cancel_dependents(self, tid: str) -> None:
+        """Every task waiting on `tid`, directly or not, CANCELLED: the run can still finish."""
+        todo = list(self.dependents[tid])
+        while todo:
+            child = todo.pop()
+            if self._state(child) in ("PENDING", "BLOCKED", "QUEUED"):
+                self._move_task(child, "CANCELLED", f"its dependency {tid} {self._state(tid)}")
+                todo += self.dependents[child]
+
+    def _over_budget(self) -> bool:
+        budget = self.options.budget
+        if budget is None:
+            return False
+        spent = sum(float(self.store.read("task", t).get("cost", {}).get("money", 0.0)) for t in self.graph.tasks)
+        if spent >= budget and not self.note:
+            self.note = f"budget {budget:g} reached ({spent:g} spent): no new task starts"
+        return spent >= budget
+
+    # --- aggregates -------------------------------------------------------------------
+
+    def _settle_workstreams(self) -> None:
+        terminal = machine.load("task").terminal
+        for ws, tids in self.graph.workstreams.items():
+            doc = self.store.read("workstream", ws)
+            states = [self._state(t) for t in tids]
+            started = any(s not in ("PENDING", "QUEUED", "CANCELLED") for s in states)
+            if doc["state"] == "PENDING" and started:
+                self.store.move("workstream", ws, "READY", self.options.actor, "a task is under way")
+            if self.store.read("workstream", ws)["state"] == "READY" and started:
+                self.store.move("workstream", ws, "RUNNING", self.options.actor, "a task started")
+            if not all(s in terminal for s in states):
+                continue
+            state = self.store.read("workstream", ws)["state"]
+            if all(s == "COMPLETED" for s in states) and state == "RUNNING":
+                self.store.refresh_progress()
+                self.store.move("workstream", ws, "COMPLETED", self.options.actor, "every task completed")
+            elif any(s == "FAILED" for s in states) and state == "RUNNING":
+                self.store.refresh_progress()
+                self.store.move("workstream", ws, "FAILED", self.options.actor, "a task failed")
+            elif state in ("PENDING", "READY", "RUNNING") and not all(s == "COMPLETED" for s in states):
+                self.store.refresh_progress()
+                self.store.move("workstream", ws, "CANCELLED", self.options.actor, "its tasks were cancelled")
+
+    def _sum_costs(self) -> None:
+        totals: dict[str, dict[str, Any]] = {}
+        for tid, spec in self.graph.tasks.items():
+            cost = self.store.read("task", tid).get("cost")
+            if cost:
+                totals[spec.workstream] = _summed(totals.get(spec.workstream, {}), cost)
+                totals[""] = _summed(totals.get("", {}), cost)
+        for ws, cost in totals.items():
+            kind, entity = ("run", self.run) if ws == "" else ("workstream", ws)
+            if self.store.read(kind, entity).get("cost") != cost:
+                self.store.update(kind, entity, {"cost": cost})
+
+    def _show_progress(self) -> None:
+        if not self.options.progress:
+            return
+        counts: dict[str, int] = {}
+        for tid in self.graph.tasks:
+            counts[self._state(tid)] = counts.get(self._state(tid), 0) + 1
+        left = sum(n for s, n in counts.items() if s not in machine.load("task").terminal)
+        eta = ""
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            eta = f", ETA {left * mean / max(1, self.options.workers):.0f} s"
+        line = " ".join(f"{n} {s}" for s, n in sorted(counts.items())) + eta
+        sys.stderr.write(f"\r\033[K{self.run}: {line}")
+        sys.stderr.flush()
+
+
+def _summed(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    if "tokens" in b:
+        out["tokens"] = out.get("tokens", 0) + int(b["tokens"])
+    if "money" in b:
+        out["money"] = round(out.get("money", 0.0) + float(b["money"]), 6)
+    return out
+
