@@ -32,7 +32,8 @@ from patch_ledger.errors import LedgerError
 from patch_ledger.store import RunStore
 
 LOOKAHEAD = 2  # jobs a worker holds: the one it runs and the next
-FLUSH_S = 0.05  # the longest a transition waits in memory before it is on disk
+FLUSH_S = 0.05  # the longest a transition waits in memory before it is in the fsynced event log
+CHECKPOINT_S = 1.0  # how often the state files themselves are synced to disk (store.py says why)
 MAX_RETRY_DELAY_S = 3600.0
 ACTOR = "ledger run"
 
@@ -97,10 +98,12 @@ class Orchestrator:
         self.selector = selectors.DefaultSelector()
         self.draining = False
         self.note = ""
-        self.last_flush = time.monotonic()
+        self.last_flush = self.last_checkpoint = time.monotonic()
         self.started = time.monotonic()
         self.durations: list[float] = []
         self.worker_count = len(store.docs("worker"))
+        self.terminal = machine.load("task").terminal
+        self.unfinished = {t for t in graph.tasks if self._state(t) not in self.terminal}
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -143,7 +146,7 @@ class Orchestrator:
         self._check_heartbeats(now)
         self._dispatch()
         if now - self.last_flush >= FLUSH_S or self._finished():
-            self._flush()
+            self._flush(checkpoint=now - self.last_checkpoint >= CHECKPOINT_S or self._finished())
         self._show_progress()
 
     def _timeout(self) -> float:
@@ -156,14 +159,16 @@ class Orchestrator:
         busy = any(s.jobs for s in self.slots.values())
         if self.draining or self._over_budget():
             return not busy
-        return all(self._state(t) in machine.load("task").terminal for t in self.graph.tasks)
+        return not self.unfinished
 
-    def _flush(self) -> None:
+    def _flush(self, checkpoint: bool = True) -> None:
         self._settle_workstreams()
         self._sum_costs()
         self.store.refresh_progress()
-        self.store.flush()
+        self.store.flush(sync_files=checkpoint)
         self.last_flush = time.monotonic()
+        if checkpoint:
+            self.last_checkpoint = self.last_flush
 
     # --- preparing and closing --------------------------------------------------------
 
@@ -234,9 +239,9 @@ class Orchestrator:
                                                                            "pid": proc.pid})
         return slot
 
-    def _send(self, slot: Slot, message: dict[str, Any]) -> None:
+    def _send(self, slot: Slot, *messages: dict[str, Any]) -> None:
         try:
-            slot.proc.stdin.write((json.dumps(message) + "\n").encode())  # type: ignore[union-attr]
+            slot.proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())  # type: ignore[union-attr]
             slot.proc.stdin.flush()  # type: ignore[union-attr]
         except (BrokenPipeError, OSError):
             slot.alive = False
@@ -261,10 +266,10 @@ class Orchestrator:
             tid, attempt = message["start"], message["attempt"]
             slot.running = (tid, attempt, message["pid"])
             if self.store.read("worker", slot.id)["state"] == "BUSY":
-                self._worker_to(slot, "IDLE", "between two jobs")
-            self._worker_to(slot, "BUSY", f"runs {tid}", tid)
-            self.store.move("task", tid, "RUNNING", slot.id, f"attempt {attempt} on {slot.id}",
-                            fields={"attempts": attempt, "worker": slot.id})
+                self.store.update("worker", slot.id, {"task": tid})  # from one job to the next: still BUSY
+            else:
+                self._worker_to(slot, "BUSY", f"runs {tid}", tid)
+            self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", {"attempts": attempt, "worker": slot.id}, slot.id)
         elif "done" in message:
             tid, attempt = message["done"], message["attempt"]
             slot.jobs = [j for j in slot.jobs if j != (tid, attempt)]
@@ -341,8 +346,10 @@ class Orchestrator:
     def _state(self, tid: str) -> str:
         return self.store.read("task", tid)["state"]
 
-    def _move_task(self, tid: str, to: str, reason: str, fields: dict[str, Any] | None = None) -> None:
-        self.store.move("task", tid, to, self.options.actor, reason, fields=fields)
+    def _move_task(self, tid: str, to: str, reason: str, fields: dict[str, Any] | None = None, actor: str | None = None) -> None:
+        self.store.move("task", tid, to, actor or self.options.actor, reason, fields=fields)
+        if to in self.terminal:
+            self.unfinished.discard(tid)
 
     def _push_ready(self, tid: str) -> None:
         heapq.heappush(self.ready, (-self.graph.tasks[tid].priority, self.position[tid], tid))
@@ -356,18 +363,20 @@ class Orchestrator:
     def _dispatch(self) -> None:
         if self.draining or self._over_budget():
             return
+        sent: dict[str, list[dict[str, Any]]] = {}
         while self.ready:
             slot = min((s for s in self.slots.values() if s.alive and len(s.jobs) < LOOKAHEAD), key=lambda s: len(s.jobs), default=None)
             if slot is None:
-                return
+                break
             _, _, tid = heapq.heappop(self.ready)
             if self._state(tid) != "QUEUED" or any(tid == j[0] for s in self.slots.values() for j in s.jobs):
                 continue
-            task = self.graph.tasks[tid]
             doc = self.store.read("task", tid)
             attempt = doc["attempts"] + 1
-            self._send(slot, {**self.job_of(task, doc, attempt), "task": tid, "attempt": attempt})
+            sent.setdefault(slot.id, []).append({**self.job_of(self.graph.tasks[tid], doc, attempt), "task": tid, "attempt": attempt})
             slot.jobs.append((tid, attempt))
+        for worker_id, jobs in sent.items():  # one write a worker
+            self._send(self.slots[worker_id], *jobs)
 
     def _finish_attempt(self, tid: str, done: dict[str, Any], slot: Slot) -> None:
         task = self.store.read("task", tid)
@@ -380,7 +389,7 @@ class Orchestrator:
             fields["cost"] = cost
         self.durations.append(done["duration"])
         if done["rc"] == 0 and not done["timed_out"]:
-            self.store.move("task", tid, "VALIDATING", slot.id, "exit code 0", fields=fields)
+            self._move_task(tid, "VALIDATING", "exit code 0", fields, slot.id)
             self._move_task(tid, "COMPLETED", "its command succeeded", {"progress": 1.0})
             for child in self.dependents[tid]:
                 self._queue_if_ready(child)
