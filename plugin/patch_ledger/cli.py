@@ -316,8 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _refuse(args, f"{e.format_message()} (see `{where} --help`)")
     except click.ClickException as e:
         return _refuse(args, e.format_message())
-    except click.Abort:
-        return _refuse(args, "aborted")
+    except click.Abort:  # click's form of Ctrl-C (KeyboardInterrupt) inside a command
+        click.echo("ledger: interrupted", err=True)
+        return 130
     except LedgerError as e:
         return _refuse(args, str(e), e.exit_code)
     except OSError as e:  # the file system said no: name the file, as for any bad input

@@ -195,6 +195,11 @@ def _args_problem(kind: Kind, args: Mapping[str, Any]) -> str | None:
     return f"{where + ': ' if where else ''}{error.message}"
 
 
+def required(root: Path) -> list[str]:
+    """The names of the required gates: the configuration's and those plugins add."""
+    return [g.name for g in configured(root, plugins()) if g.required]
+
+
 def select(gates: Sequence[Gate], names: Sequence[str]) -> list[Gate]:
     """The gates named (all when none is), in the order given; an unknown name is bad input."""
     if not names:

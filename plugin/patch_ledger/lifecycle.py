@@ -7,7 +7,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from patch_ledger import config, ledger, machine, results
+from patch_ledger import ledger, machine, results
 from patch_ledger.errors import LedgerError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -40,7 +40,9 @@ def verify(root: Path, given: str, actor: str) -> ledger.Patch:
     patch = ledger.find(root, given)
     if patch.state != "APPLIED":
         raise LedgerError(f"patch {patch.id[:12]} is {patch.state}; only an APPLIED patch is verified")
-    required = config.required_gates(config.load(root))
+    from patch_ledger import gating  # plugins load only when a patch is verified
+
+    required = gating.required(root)
     verdicts = results.of_patches(root, [patch], required)[patch.id]
     gates = {name: v.state for name, v in verdicts.items()}
     missing = [g for g in required if gates[g] not in ("PASSED", "SKIPPED")]

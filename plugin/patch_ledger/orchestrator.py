@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from patch_ledger import dag, machine
-from patch_ledger.errors import LedgerError
 from patch_ledger.store import RunStore
 
 LOOKAHEAD = 2  # jobs a worker holds: the one it runs and the next

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from patch_ledger import gating, git, targets

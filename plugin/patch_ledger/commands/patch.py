@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from patch_ledger import config, git, ledger, lifecycle, machine, patches, results
+from patch_ledger import git, ledger, lifecycle, machine, patches, results
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.report import emit
 
@@ -58,7 +58,9 @@ def show(cwd: str, given: str, fmt: str) -> int:
     root = git.toplevel(cwd)
     patch = ledger.find(root, given)
     steps = ledger.history(root, patch)
-    verdicts = results.of_patches(root, [patch], config.required_gates(config.load(root)))[patch.id]
+    from patch_ledger import gating
+
+    verdicts = results.of_patches(root, [patch], gating.required(root))[patch.id]
     gates = {g: {"state": v.state, "reason": v.reason} for g, v in verdicts.items()}
     def text(_: Any) -> str:
         head = [f"patch {patch.id}", f"state    {patch.state} (seq {patch.seq})", f"base     {patch.base or '-'}",

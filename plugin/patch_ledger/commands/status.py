@@ -28,7 +28,9 @@ def _patches(root: Path) -> dict[str, Any]:
     latest = heapq.nlargest(RECENT, patches.values(), key=lambda p: (p.at, p.id))
     quarantined = sorted((p for p in patches.values() if p.state == "QUARANTINED"), key=lambda p: (p.at, p.id), reverse=True)
     final = machine.load("patch").terminal
-    # the gates of the patches shown: one for-each-ref of their results, judged at each one's base
+    # the gates of the patches shown: one for-each-ref of their results, judged at each one's
+    # base. The required gates still missing are the configuration's: loading every gate
+    # plugin to find ones they add would cost status more than the whole ledger's read.
     gates = results.of_patches(root, list({p.id: p for p in (*latest, *quarantined)}.values()),
                                config.required_gates(config.load(root)))
     summary = lambda p: {"id": p.id, "state": p.state, "seq": p.seq, "at": p.at, "actor": p.actor,  # noqa: E731
