@@ -25,9 +25,9 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
-from patch_ledger import dag, machine
+from patch_ledger import dag, machine, router
 from patch_ledger.store import RunStore
 
 LOOKAHEAD = 2  # jobs a worker holds: the one it runs and the next
@@ -85,9 +85,12 @@ def _seconds_until(stamp: str) -> float:
 
 
 class Orchestrator:
-    def __init__(self, root: Path, graph: dag.Graph, store: RunStore, options: Options,
-                 job_of: Callable[[dag.Task, dict[str, Any], int], dict[str, Any]]) -> None:
-        self.root, self.graph, self.store, self.options, self.job_of = root, graph, store, options, job_of
+    def __init__(self, root: Path, graph: dag.Graph, store: RunStore, options: Options) -> None:
+        self.root, self.graph, self.store, self.options = root, graph, store, options
+        self.router = router.Router(root, graph.tools, store)
+        self.logs = router.git_dir(root) / "ledger" / "runs" / store.run / "logs"
+        self.routes: dict[str, tuple[str | None, str]] = {}  # task -> (tool, why) of its attempt out
+        self.parked: list[tuple[float, str]] = []  # tasks held back by their tool's breaker
         self.run = store.run
         self.position = {tid: i for i, tid in enumerate(graph.tasks)}
         self.dependents = graph.dependents()
@@ -142,6 +145,8 @@ class Orchestrator:
             _, tid = heapq.heappop(self.retries)
             self._move_task(tid, "QUEUED", "the retry's delay passed")
             self._push_ready(tid)
+        while self.parked and self.parked[0][0] <= now:
+            self._push_ready(heapq.heappop(self.parked)[1])
         self._check_heartbeats(now)
         self._dispatch()
         if now - self.last_flush >= FLUSH_S or self._finished():
@@ -150,8 +155,9 @@ class Orchestrator:
 
     def _timeout(self) -> float:
         waits = [FLUSH_S, self.options.heartbeat_s]
-        if self.retries:
-            waits.append(max(0.0, self.retries[0][0] - time.monotonic()))
+        for queue in (self.retries, self.parked):
+            if queue:
+                waits.append(max(0.0, queue[0][0] - time.monotonic()))
         return max(0.001, min(waits))
 
     def _finished(self) -> bool:
@@ -268,7 +274,9 @@ class Orchestrator:
                 self.store.update("worker", slot.id, {"task": tid})  # from one job to the next: still BUSY
             else:
                 self._worker_to(slot, "BUSY", f"runs {tid}", tid)
-            self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", {"attempts": attempt, "worker": slot.id}, slot.id)
+            tool, why = self.routes.get(tid, (None, ""))
+            fields = {"attempts": attempt, "worker": slot.id, "tool": tool, "route": why or None}
+            self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", fields, slot.id)
         elif "done" in message:
             tid, attempt = message["done"], message["attempt"]
             slot.jobs = [j for j in slot.jobs if j != (tid, attempt)]
@@ -304,6 +312,9 @@ class Orchestrator:
             self.store.move("worker", slot.id, "UNHEALTHY", self.options.actor, why)
         self.store.move("worker", slot.id, "TERMINATED", self.options.actor, "killed with its job's process group")
         for tid, attempt in slot.jobs:
+            tool = self.routes.pop(tid, (None, ""))[0]
+            if tool is not None:
+                self.router.probing.discard(tool)  # the worker failed, not the tool
             if self._state(tid) == "RUNNING" and self.store.read("task", tid)["attempts"] == attempt:
                 self._fail_attempt(tid, f"{why}; its job was killed", immediate=True)
             elif self._state(tid) == "QUEUED":
@@ -370,9 +381,17 @@ class Orchestrator:
             _, _, tid = heapq.heappop(self.ready)
             if self._state(tid) != "QUEUED" or any(tid == j[0] for s in self.slots.values() for j in s.jobs):
                 continue
-            doc = self.store.read("task", tid)
-            attempt = doc["attempts"] + 1
-            sent.setdefault(slot.id, []).append({**self.job_of(self.graph.tasks[tid], doc, attempt), "task": tid, "attempt": attempt})
+            task = self.graph.tasks[tid]
+            tool, why, wait = self.router.choose(task)
+            if tool is None and task.run is None:  # every tool it could use is held by its breaker
+                heapq.heappush(self.parked, (time.monotonic() + wait, tid))
+                continue
+            if tool is not None:
+                self.router.dispatched(tool)
+            self.routes[tid] = (tool, why)
+            attempt = self.store.read("task", tid)["attempts"] + 1
+            job = self.router.job(self.run, task, tool, attempt, self.root, self.logs)
+            sent.setdefault(slot.id, []).append({**job, "task": tid, "attempt": attempt})
             slot.jobs.append((tid, attempt))
         for worker_id, jobs in sent.items():  # one write a worker
             self._send(self.slots[worker_id], *jobs)
@@ -387,7 +406,11 @@ class Orchestrator:
         if cost:
             fields["cost"] = cost
         self.durations.append(done["duration"])
-        if done["rc"] == 0 and not done["timed_out"]:
+        ok = done["rc"] == 0 and not done["timed_out"]
+        tool = self.routes.pop(tid, (None, ""))[0]
+        if tool is not None:
+            self.router.record(tool, ok, done.get("cost"))
+        if ok:
             self._move_task(tid, "VALIDATING", "exit code 0", fields, slot.id)
             self._move_task(tid, "COMPLETED", "its command succeeded", {"progress": 1.0})
             for child in self.dependents[tid]:

@@ -30,9 +30,8 @@ def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: b
             raise LedgerError("name a plan (e.g. .ledger/plans/build.yaml, or just build), or --resume RUN_ID")
         store, plan_path = None, plan_path_of(root, plan)
     graph = dag.build(plans.load(root, plan_path), config.load(root).get("tools", {}), plan_path)
-    routes = router.Router(root, graph.tools)
     if dry_run:
-        return _dry_run(graph, routes, fmt)
+        return _dry_run(graph, router.Router(root, graph.tools), fmt)
     who = actor_of(root, actor)
     if store is None:
         store = create_run(root, graph, plan_path, _new_run_id(root, graph, plan_path), who, budget)
@@ -40,7 +39,7 @@ def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: b
         store.update("run", store.run, {"budget": budget})
     run_budget = budget if budget is not None else store.read("run", store.run).get("budget")
     options = Options(workers, run_budget, heartbeat, fmt == "text" and sys.stderr.isatty(), who)
-    summary = Orchestrator(root, graph, store, options, routes.job_for(store.run, root)).execute()
+    summary = Orchestrator(root, graph, store, options).execute()
     if options.progress:
         sys.stderr.write("\n")
     emit(fmt, summary._asdict(), lambda s: _text(s))
@@ -107,7 +106,7 @@ def _dry_run(graph: dag.Graph, routes: "router.Router", fmt: str) -> int:
     steps = []
     for i, tid in enumerate(order, 1):
         task = graph.tasks[tid]
-        tool, why = routes.choose(task)
+        tool, why, _ = routes.choose(task)
         steps.append({"order": i, "task": tid, "workstream": task.workstream, "priority": task.priority,
                       "depends_on": list(task.depends_on), "tool": tool, "route": why})
     emit(fmt, {"tasks": steps}, lambda _: "\n".join(
