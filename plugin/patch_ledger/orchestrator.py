@@ -27,7 +27,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from patch_ledger import dag, machine, router
+from patch_ledger import dag, git, machine, patches, router, taskpatch
+from patch_ledger.errors import LedgerError
 from patch_ledger.store import RunStore
 
 LOOKAHEAD = 2  # jobs a worker holds: the one it runs and the next
@@ -91,6 +92,9 @@ class Orchestrator:
         self.logs = router.git_dir(root) / "ledger" / "runs" / store.run / "logs"
         self.routes: dict[str, tuple[str | None, str]] = {}  # task -> (tool, why) of its attempt out
         self.parked: list[tuple[float, str]] = []  # tasks held back by their tool's breaker
+        self.base: str | None = store.read("run", store.run).get("base")
+        self.worktrees: dict[str, Path] = {}  # task -> the worktree of its attempt out (a task that produces a patch)
+        self.to_record: list[str] = []  # tasks whose change waits for its taskpatch job
         self.run = store.run
         self.position = {tid: i for i, tid in enumerate(graph.tasks)}
         self.dependents = graph.dependents()
@@ -162,8 +166,10 @@ class Orchestrator:
 
     def _finished(self) -> bool:
         busy = any(s.jobs for s in self.slots.values())
-        if self.draining or self._over_budget():
+        if self.draining:  # a change waiting to be recorded is recorded when the run closes
             return not busy
+        if self._over_budget():  # no new task; the changes of finished ones are still recorded
+            return not busy and not self.to_record
         return not self.unfinished
 
     def _flush(self, checkpoint: bool = True) -> None:
@@ -202,11 +208,22 @@ class Orchestrator:
         for tid in self.graph.tasks:
             if self._state(tid) in ("FAILED", "CANCELLED"):
                 self._cancel_dependents(tid)
+        self._clear_worktrees("left when the run was interrupted")
         self._flush()
+
+    def _clear_worktrees(self, why: str) -> None:
+        """Worktrees of this run no attempt is using: their changes recorded, then removed."""
+        where = router.git_dir(self.root) / "ledger" / "worktrees" / self.run
+        for wt in sorted(where.glob("*")) if where.is_dir() else ():
+            tid = wt.name.rsplit("-", 1)[0]
+            if wt not in self.worktrees.values() and tid in self.graph.tasks:
+                self._drop_worktree(wt, tid, why)
 
     def _close(self) -> None:
         for slot in list(self.slots.values()):
             self._retire(slot, "the run ended")
+        self.worktrees.clear()  # no job runs now: every worktree left is recorded and removed
+        self._clear_worktrees("left when the run stopped")
         run = self.store.read("run", self.run)
         states = [self._state(t) for t in self.graph.tasks]
         if all(s in machine.load("task").terminal for s in states):
@@ -270,6 +287,8 @@ class Orchestrator:
         if "start" in message:
             tid, attempt = message["start"], message["attempt"]
             slot.running = (tid, attempt, message["pid"])
+            if message.get("phase") == "patch":
+                return  # the task is VALIDATING: its change is being recorded and gated
             if self.store.read("worker", slot.id)["state"] == "BUSY":
                 self.store.update("worker", slot.id, {"task": tid})  # from one job to the next: still BUSY
             else:
@@ -281,13 +300,18 @@ class Orchestrator:
             tid, attempt = message["done"], message["attempt"]
             slot.jobs = [j for j in slot.jobs if j != (tid, attempt)]
             slot.running = None
-            if self._state(tid) == "RUNNING" and self.store.read("task", tid)["attempts"] == attempt:
+            current = self.store.read("task", tid)["attempts"] == attempt
+            if message.get("phase") == "patch":
+                if current and self._state(tid) == "VALIDATING":
+                    self._finish_patch(tid, message)
+            elif current and self._state(tid) == "RUNNING":
                 self._finish_attempt(tid, message, slot)
             if not slot.jobs:
                 self._worker_to(slot, "IDLE", f"finished {tid}")
-        elif "dropped" in message:
+        elif "dropped" in message:  # drained before it started
             slot.jobs = [j for j in slot.jobs if j[0] != message["dropped"]]
-            self._push_ready(message["dropped"])
+            if message.get("phase") != "patch":
+                self._push_ready(message["dropped"])
 
     def _worker_to(self, slot: Slot, to: str, reason: str, task: str | None = None) -> None:
         """The worker's machine follows its jobs: BUSY with the task it runs, IDLE without one."""
@@ -315,7 +339,9 @@ class Orchestrator:
             tool = self.routes.pop(tid, (None, ""))[0]
             if tool is not None:
                 self.router.probing.discard(tool)  # the worker failed, not the tool
-            if self._state(tid) == "RUNNING" and self.store.read("task", tid)["attempts"] == attempt:
+            if self._state(tid) in ("RUNNING", "VALIDATING") and self.store.read("task", tid)["attempts"] == attempt:
+                if tid in self.worktrees:
+                    self._drop_worktree(self.worktrees.pop(tid), tid, f"attempt {attempt}, whose worker was lost")
                 self._fail_attempt(tid, f"{why}; its job was killed", immediate=True)
             elif self._state(tid) == "QUEUED":
                 self._push_ready(tid)
@@ -371,11 +397,19 @@ class Orchestrator:
             self._push_ready(tid)
 
     def _dispatch(self) -> None:
-        if self.draining or self._over_budget():
+        if self.draining:
             return
         sent: dict[str, list[dict[str, Any]]] = {}
-        while self.ready:
-            slot = min((s for s in self.slots.values() if s.alive and len(s.jobs) < LOOKAHEAD), key=lambda s: len(s.jobs), default=None)
+        while self.to_record:
+            slot = self._free_slot()
+            if slot is None:
+                break
+            tid = self.to_record.pop(0)
+            attempt = self.store.read("task", tid)["attempts"]
+            sent.setdefault(slot.id, []).append(self._record_job(tid, attempt))
+            slot.jobs.append((tid, attempt))
+        while self.ready and not self._over_budget():
+            slot = self._free_slot()
             if slot is None:
                 break
             _, _, tid = heapq.heappop(self.ready)
@@ -390,11 +424,77 @@ class Orchestrator:
                 self.router.dispatched(tool)
             self.routes[tid] = (tool, why)
             attempt = self.store.read("task", tid)["attempts"] + 1
-            job = self.router.job(self.run, task, tool, attempt, self.root, self.logs)
+            workdir = self.root
+            if self._produces(task, tool):
+                workdir = self.worktrees[tid] = self._new_worktree(tid, attempt)
+            job = self.router.job(self.run, task, tool, attempt, workdir, self.logs)
             sent.setdefault(slot.id, []).append({**job, "task": tid, "attempt": attempt})
             slot.jobs.append((tid, attempt))
         for worker_id, jobs in sent.items():  # one write a worker
             self._send(self.slots[worker_id], *jobs)
+
+    def _free_slot(self) -> Slot | None:
+        return min((s for s in self.slots.values() if s.alive and len(s.jobs) < LOOKAHEAD), key=lambda s: len(s.jobs), default=None)
+
+    # --- tasks that produce patches ---------------------------------------------------
+
+    def _produces(self, task: dag.Task, tool: str | None) -> bool:
+        if task.produces_patch is not None:
+            return task.produces_patch
+        return bool(tool and self.graph.tools[tool].get("edits_code"))
+
+    def _new_worktree(self, tid: str, attempt: int) -> Path:
+        """The task's own checkout of the run's base: nothing outside it is touched by the task."""
+        where = router.git_dir(self.root) / "ledger" / "worktrees" / self.run / f"{tid}-{attempt}"
+        if where.exists():
+            self._drop_worktree(where, tid, "left by an earlier attempt")
+        where.parent.mkdir(parents=True, exist_ok=True)
+        git.run(self.root, "worktree", "add", "--detach", "--quiet", str(where), self.base or "HEAD")
+        return where
+
+    def _record_job(self, tid: str, attempt: int) -> dict[str, Any]:
+        task, wt = self.graph.tasks[tid], self.worktrees[tid]
+        tool = self.store.read("task", tid).get("tool") or self.options.actor
+        argv = [sys.executable, "-m", "patch_ledger.taskpatch", str(wt), self.base or "HEAD", tid, tool, task.title, *task.gates]
+        return {"argv": argv, "cwd": str(wt), "env": {}, "timeout": None, "log": str(self.logs / f"{tid}-{attempt}-patch.log"),
+                "task": tid, "attempt": attempt, "phase": "patch"}
+
+    def _finish_patch(self, tid: str, done: dict[str, Any]) -> None:
+        result = taskpatch.result_of(done["excerpt"]) or {}
+        reason = result.get("reason") or f"recording its change ended with exit code {done['rc']}"
+        where = self.worktrees.pop(tid, None)
+        if result.get("patch") or result.get("reason") == "the task changed nothing":
+            if where is not None:
+                self._remove_worktree(where)  # its change is in the ledger (or there was none)
+        elif where is not None:
+            reason += f"; its change was NOT recorded, so its worktree stays at {where}"
+        fields = {"patch": result["patch"]} if result.get("patch") else {}
+        if done["rc"] == 0:
+            self._move_task(tid, "COMPLETED", reason, {**fields, "progress": 1.0})
+            for child in self.dependents[tid]:
+                self._queue_if_ready(child)
+        else:
+            self.store.update("task", tid, fields)
+            self._fail_attempt(tid, reason)
+
+    def _drop_worktree(self, where: Path, tid: str, why: str) -> str:
+        """A worktree that is done with: its change recorded as a patch first (nothing an
+        attempt did is lost), then removed; kept, and said so, when recording fails."""
+        try:
+            patches.add(where, None, self.base, tid, self.options.actor, f"{self.graph.tasks[tid].title} ({why})")
+        except LedgerError as e:
+            if "no change to record" not in str(e):
+                return f"its worktree {where} stays: its change could not be recorded ({e})"
+        self._remove_worktree(where)
+        return ""
+
+    def _remove_worktree(self, where: Path) -> None:
+        git.run(self.root, "worktree", "remove", "--force", str(where), check=False)
+        if where.exists():
+            import shutil
+
+            shutil.rmtree(where, ignore_errors=True)
+            git.run(self.root, "worktree", "prune", check=False)
 
     def _finish_attempt(self, tid: str, done: dict[str, Any], slot: Slot) -> None:
         task = self.store.read("task", tid)
@@ -410,6 +510,14 @@ class Orchestrator:
         tool = self.routes.pop(tid, (None, ""))[0]
         if tool is not None:
             self.router.record(tool, ok, done.get("cost"))
+        if ok and tid in self.worktrees:
+            self._move_task(tid, "VALIDATING", "exit code 0; its change goes to the ledger and its gates", fields, slot.id)
+            self.to_record.append(tid)
+            return
+        if tid in self.worktrees:
+            note = self._drop_worktree(self.worktrees.pop(tid), tid, f"attempt {done['attempt']}, which failed")
+            if note:
+                fields["result"] = {**fields["result"], "worktree": note}
         if ok:
             self._move_task(tid, "VALIDATING", "exit code 0", fields, slot.id)
             self._move_task(tid, "COMPLETED", "its command succeeded", {"progress": 1.0})

@@ -46,11 +46,16 @@ def stamp() -> str:
 def main(interval: float) -> None:
     jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
     current: dict[str, int] = {}  # "pgid" of the job running now
-    threading.Thread(target=_run_jobs, args=(jobs, current), daemon=True).start()
+    stop = threading.Event()  # {"stop": true}: drain; the job running finishes, waiting ones are dropped
+    threading.Thread(target=_run_jobs, args=(jobs, current, stop), daemon=True).start()
     threading.Thread(target=_beat, args=(interval,), daemon=True).start()
     for line in sys.stdin.buffer:
         if line.strip():
-            jobs.put(json.loads(line))
+            message = json.loads(line)
+            if message.get("stop"):
+                stop.set()
+            else:
+                jobs.put(message)
     # standard input closed: the scheduler is gone or done; nothing we started outlives us
     pgid = current.get("pgid")
     if pgid:
@@ -64,11 +69,14 @@ def _beat(interval: float) -> None:
         time.sleep(interval)
 
 
-def _run_jobs(jobs: "queue.Queue[dict[str, Any] | None]", current: dict[str, int]) -> None:
+def _run_jobs(jobs: "queue.Queue[dict[str, Any] | None]", current: dict[str, int], stop: threading.Event) -> None:
     while True:
         job = jobs.get()
         if job is None:
             return
+        if stop.is_set():
+            say({"dropped": job["task"], "attempt": job["attempt"], "phase": job.get("phase")})
+            continue
         say(run_job(job, current))
 
 
@@ -84,7 +92,7 @@ def run_job(job: dict[str, Any], current: dict[str, int]) -> dict[str, Any]:
             out.write(f"could not start {job['argv'][0]!r}: {e.strerror or e}\n".encode())
             return _done(job, 127, False, time.monotonic() - start, log)
         current["pgid"] = proc.pid
-        say({"start": job["task"], "attempt": job["attempt"], "pid": proc.pid, "at": stamp()})
+        say({"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": proc.pid, "at": stamp()})
         timed_out = False
         try:
             proc.wait(timeout=job.get("timeout"))
@@ -107,7 +115,7 @@ def _done(job: dict[str, Any], returncode: int, timed_out: bool, duration: float
     tail = _tail(log, SCAN_BYTES)
     cost, problem = parse_cost(tail, job.get("cost_pattern"))
     text = tail[-EXCERPT_BYTES:].decode("utf-8", "replace")
-    return {"done": job["task"], "attempt": job["attempt"], "rc": returncode, "timed_out": timed_out,
+    return {"done": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "rc": returncode, "timed_out": timed_out,
             "duration": round(duration, 6), "excerpt": text, "cost": cost, "cost_problem": problem, "at": stamp()}
 
 
