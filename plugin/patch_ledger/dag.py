@@ -32,6 +32,7 @@ class Task(NamedTuple):
     produces_patch: bool | None  # None: as the tool says (edits_code)
     gates: tuple[str, ...]
     retry_delay_s: float
+    workflow: Mapping[str, Any] | None = None  # a build-workflow workstream's one task: its phases' tools
 
 
 class Graph(NamedTuple):
@@ -58,9 +59,19 @@ def build(plan: Mapping[str, Any], config_tools: Mapping[str, Any], where: str) 
     workstreams: dict[str, tuple[str, ...]] = {}
     ws_deps: dict[str, tuple[str, ...]] = {}
     raw: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    flows: dict[str, Mapping[str, Any]] = {}
     for ws in plan["workstreams"]:
         if ws["id"] in workstreams:
             raise LedgerError(f"{where}: workstream {ws['id']!r} appears twice; give each workstream its own id")
+        if "workflow" in ws:
+            if ws.get("tasks"):
+                raise LedgerError(f"{where}: workstream {ws['id']!r} has a workflow and tasks; its workflow is its one task")
+            flows[ws["id"]] = {**ws["workflow"], "phases": _phase_tools(ws["id"], ws["workflow"], tools, where)}
+            workstreams[ws["id"]] = (ws["id"],)
+            ws_deps[ws["id"]] = tuple(ws.get("depends_on", ()))
+            continue
+        if not ws.get("tasks"):
+            raise LedgerError(f"{where}: workstream {ws['id']!r} has no tasks; give it tasks or a workflow")
         workstreams[ws["id"]] = tuple(t["id"] for t in ws.get("tasks", ()))
         ws_deps[ws["id"]] = tuple(ws.get("depends_on", ()))
         for task in ws.get("tasks", ()):
@@ -75,6 +86,11 @@ def build(plan: Mapping[str, Any], config_tools: Mapping[str, Any], where: str) 
             if dep not in workstreams:
                 raise LedgerError(f"{where}: workstream {ws!r} depends on {dep!r}, which is no workstream of the plan")
     tasks = {tid: _task(tid, ws, spec, defaults, tools, workstreams, ws_deps, raw, where) for tid, (ws, spec) in raw.items()}
+    for ws, flow in flows.items():
+        deps = tuple(dict.fromkeys(t for dep in ws_deps[ws] for t in workstreams[dep]))
+        tasks[ws] = Task(ws, ws, f"{ws}: the build workflow", None, flow["prompt"], None, (), deps, int(defaults.get("priority", 0)),
+                         int(defaults.get("max_attempts", DEFAULT_MAX_ATTEMPTS)), defaults.get("timeout"), defaults.get("produces_patch"),
+                         tuple(defaults.get("gates", ())), float(defaults.get("retry_delay_s", 1.0)), flow)
     graph = Graph(tasks, workstreams, ws_deps, tools)
     cycle = find_cycle({t.id: t.depends_on for t in tasks.values()})
     if cycle:
@@ -113,6 +129,26 @@ def _task(tid: str, ws: str, spec: Mapping[str, Any], defaults: Mapping[str, Any
     return Task(tid, ws, spec.get("title", tid), spec.get("run"), spec.get("prompt"), tool, capabilities,
                 tuple(dict.fromkeys(deps)), int(get("priority", 0)), int(get("max_attempts", DEFAULT_MAX_ATTEMPTS)),
                 get("timeout"), get("produces_patch"), tuple(get("gates", ())), float(get("retry_delay_s", 1.0)))
+
+
+def _phase_tools(ws: str, flow: Mapping[str, Any], tools: Mapping[str, Any], where: str) -> dict[str, str | None]:
+    """phase -> the tool that serves its role (None: no tool does, the phase is handed on)."""
+    from patch_ledger import machine
+
+    roles = machine.load("workflow").roles
+    chosen = dict(flow.get("tools", {}))
+    for role, tool in chosen.items():
+        if role not in roles.values():
+            raise LedgerError(f"{where}: workstream {ws!r}: {role!r} is no role of the build workflow ({', '.join(roles.values())})")
+        if tool not in tools:
+            raise LedgerError(f"{where}: workstream {ws!r}: the {role} is tool {tool!r}, which is not defined")
+    out: dict[str, str | None] = {}
+    for phase, role in roles.items():
+        serving = sorted(name for name, t in tools.items() if role in t.get("roles", ()))
+        out[phase] = chosen.get(role) or (serving[0] if serving else None)
+    if not any(out.values()):
+        raise LedgerError(f"{where}: workstream {ws!r}: no tool serves any role of its workflow; list roles under a tool's roles:")
+    return out
 
 
 def _check_template(name: str, command: Sequence[str], where: str) -> None:

@@ -95,6 +95,8 @@ class Orchestrator:
         self.base: str | None = store.read("run", store.run).get("base")
         self.worktrees: dict[str, Path] = {}  # task -> the worktree of its attempt out (a task that produces a patch)
         self.to_record: list[str] = []  # tasks whose change waits for its taskpatch job
+        self.to_continue: list[str] = []  # workflow tasks whose next phase waits for a worker
+        self.phase_tools: dict[str, str | None] = {}  # workflow task -> the tool of its phase out
         self.run = store.run
         self.position = {tid: i for i, tid in enumerate(graph.tasks)}
         self.dependents = graph.dependents()
@@ -289,6 +291,8 @@ class Orchestrator:
             slot.running = (tid, attempt, message["pid"])
             if message.get("phase") == "patch":
                 return  # the task is VALIDATING: its change is being recorded and gated
+            if str(message.get("phase")).startswith("workflow:") and self._state(tid) == "RUNNING":
+                return  # a later phase of a workflow under way
             if self.store.read("worker", slot.id)["state"] == "BUSY":
                 self.store.update("worker", slot.id, {"task": tid})  # from one job to the next: still BUSY
             else:
@@ -304,6 +308,9 @@ class Orchestrator:
             if message.get("phase") == "patch":
                 if current and self._state(tid) == "VALIDATING":
                     self._finish_patch(tid, message)
+            elif str(message.get("phase")).startswith("workflow:"):
+                if current and self._state(tid) == "RUNNING":
+                    self._finish_phase(tid, message, slot)
             elif current and self._state(tid) == "RUNNING":
                 self._finish_attempt(tid, message, slot)
             if not slot.jobs:
@@ -408,6 +415,14 @@ class Orchestrator:
             attempt = self.store.read("task", tid)["attempts"]
             sent.setdefault(slot.id, []).append(self._record_job(tid, attempt))
             slot.jobs.append((tid, attempt))
+        while self.to_continue and not self._over_budget():
+            slot = self._free_slot()
+            if slot is None:
+                break
+            tid = self.to_continue.pop(0)
+            attempt = self.store.read("task", tid)["attempts"]
+            sent.setdefault(slot.id, []).append(self._phase_job(tid, attempt))
+            slot.jobs.append((tid, attempt))
         while self.ready and not self._over_budget():
             slot = self._free_slot()
             if slot is None:
@@ -417,17 +432,19 @@ class Orchestrator:
                 continue
             task = self.graph.tasks[tid]
             tool, why, wait = self.router.choose(task)
-            if tool is None and task.run is None:  # every tool it could use is held by its breaker
+            if tool is None and task.run is None and task.workflow is None:  # every tool it could use is held by its breaker
                 heapq.heappush(self.parked, (time.monotonic() + wait, tid))
                 continue
             if tool is not None:
                 self.router.dispatched(tool)
             self.routes[tid] = (tool, why)
             attempt = self.store.read("task", tid)["attempts"] + 1
-            workdir = self.root
             if self._produces(task, tool):
-                workdir = self.worktrees[tid] = self._new_worktree(tid, attempt)
-            job = self.router.job(self.run, task, tool, attempt, workdir, self.logs)
+                self.worktrees[tid] = self._new_worktree(tid, attempt)
+            if task.workflow is not None:
+                job = self._phase_job(tid, attempt)
+            else:
+                job = self.router.job(self.run, task, tool, attempt, self.worktrees.get(tid, self.root), self.logs)
             sent.setdefault(slot.id, []).append({**job, "task": tid, "attempt": attempt})
             slot.jobs.append((tid, attempt))
         for worker_id, jobs in sent.items():  # one write a worker
@@ -441,7 +458,8 @@ class Orchestrator:
     def _produces(self, task: dag.Task, tool: str | None) -> bool:
         if task.produces_patch is not None:
             return task.produces_patch
-        return bool(tool and self.graph.tools[tool].get("edits_code"))
+        used = task.workflow["phases"].values() if task.workflow is not None else (tool,)
+        return any(t and self.graph.tools[t].get("edits_code") for t in used)
 
     def _new_worktree(self, tid: str, attempt: int) -> Path:
         """The task's own checkout of the run's base: nothing outside it is touched by the task."""
@@ -476,6 +494,72 @@ class Orchestrator:
         else:
             self.store.update("task", tid, fields)
             self._fail_attempt(tid, reason)
+
+    # --- build workflows ----------------------------------------------------------------
+
+    def _workflow(self, tid: str) -> dict[str, Any]:
+        try:
+            return self.store.read("workflow", tid)
+        except FileNotFoundError:
+            return self.store.create("workflow", tid, self.options.actor, fields={"run": self.run, "title": self.graph.tasks[tid].title,
+                                                                                  "iterations": 0})
+
+    def _hand_on(self, tid: str, reason: str) -> str:
+        """The workflow to its next phase (or COMPLETED); its new state."""
+        m = machine.load("workflow")
+        state = self._workflow(tid)["state"]
+        # the forward step of the machine: advance_to_<next>, or finish after DEPLOYMENT
+        nxt = next(t for (f, t), name in m.transitions.items() if f == state and (name.startswith("advance_to") or name == "finish"))
+        self.store.move("workflow", tid, nxt, self.options.actor, reason)
+        return nxt
+
+    def _phase_job(self, tid: str, attempt: int) -> dict[str, Any]:
+        """The job of the workflow's current phase, handing on the phases no tool serves."""
+        task, phases = self.graph.tasks[tid], self.graph.tasks[tid].workflow["phases"]  # type: ignore[index]
+        roles = machine.load("workflow").roles
+        state = self._workflow(tid)["state"]
+        while phases.get(state) is None:
+            state = self._hand_on(tid, f"no tool serves the {roles[state]}; {state} handed on")
+        tool = phases[state]
+        self.phase_tools[tid] = tool
+        phase_task = task._replace(prompt=f"{task.prompt}\n\nPhase: {state} (you are the {roles[state]}).", tool=tool)
+        job = self.router.job(self.run, phase_task, tool, attempt, self.worktrees.get(tid, self.root), self.logs)
+        return {**job, "log": str(self.logs / f"{tid}-{attempt}-{state.lower()}.log"), "task": tid, "attempt": attempt,
+                "phase": f"workflow:{state}"}
+
+    def _finish_phase(self, tid: str, done: dict[str, Any], slot: Slot) -> None:
+        """A phase ended: on to the next (the handoff recorded), back to IMPLEMENTATION after a
+        failed TESTING or VERIFICATION while reworks remain, else the workflow failed."""
+        phase = done["phase"].split(":", 1)[1]
+        tool = self.phase_tools.pop(tid, None)
+        ok = done["rc"] == 0 and not done["timed_out"]
+        if tool is not None:
+            self.router.record(tool, ok, done.get("cost"))
+        task = self.store.read("task", tid)
+        cost = _summed(task.get("cost", {}), done.get("cost") or {})
+        if cost:
+            self.store.update("task", tid, {"cost": cost})
+        flow = self._workflow(tid)
+        if ok:
+            nxt = self._hand_on(tid, f"{phase} done by {tool}")
+            if nxt == "COMPLETED":
+                self._finish_attempt(tid, {**done, "phase": None}, slot)
+            else:
+                self.to_continue.append(tid)
+            return
+        why = f"exit code {done['rc']}" if not done["timed_out"] else "timed out"
+        limit = (self.graph.tasks[tid].workflow or {}).get("max_rework", 2)
+        if phase in ("TESTING", "VERIFICATION") and flow.get("iterations", 0) < limit:
+            turn = flow.get("iterations", 0) + 1
+            self.store.move("workflow", tid, "IMPLEMENTATION", self.options.actor,
+                            f"{phase} failed ({why}): rework {turn} of {limit}", fields={"iterations": turn})
+            self.to_continue.append(tid)
+            return
+        self.store.move("workflow", tid, "FAILED", self.options.actor, f"{phase} failed ({why}) by {tool}")
+        if tid in self.worktrees:
+            self._drop_worktree(self.worktrees.pop(tid), tid, f"its workflow failed at {phase}")
+        self._move_task(tid, "FAILED", f"its build workflow failed at {phase} ({why})")
+        self._cancel_dependents(tid)
 
     def _drop_worktree(self, where: Path, tid: str, why: str) -> str:
         """A worktree that is done with: its change recorded as a patch first (nothing an

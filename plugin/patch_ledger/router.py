@@ -99,6 +99,9 @@ class Router:
         (None, why, seconds to wait). A `run:` task's tool is None."""
         if task.run is not None:
             return None, "runs its own command", 0.0
+        if task.workflow is not None:
+            phases = task.workflow["phases"]
+            return None, "build workflow: " + ", ".join(f"{p.lower()} {t}" for p, t in phases.items() if t), 0.0
         if task.tool is not None:
             ok, wait = self.available(task.tool)
             return (task.tool, "named by the plan", 0.0) if ok else (None, f"{task.tool}'s breaker is OPEN", wait)
