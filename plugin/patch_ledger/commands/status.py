@@ -17,7 +17,7 @@ RECENT = 10
 
 def run(cwd: str, fmt: str) -> int:
     root = git.toplevel(cwd)
-    report = {"patches": _patches(root), "runs": _runs(root)}
+    report = {"patches": _patches(root), "runs": _runs(root), "breakers": _breakers(root)}
     emit(fmt, report, _text)
     return OK
 
@@ -43,17 +43,46 @@ def _patches(root: Path) -> dict[str, Any]:
 
 
 def _runs(root: Path) -> list[dict[str, Any]]:
+    """Each run's state, progress, tasks by state, cost, an ETA from its tasks' measured
+    durations, and the workers that went unhealthy."""
     runs: dict[str, dict[str, Any]] = {}
     for f in filter(None, map(classify, worktree(root).files(f"{ROOT}/runs"))):
-        if f.kind not in ("run", "task"):
+        if f.kind not in ("run", "task", "worker"):
             continue
         doc = _read(root / f.path)
-        entry = runs.setdefault(f.run, {"id": f.run, "state": None, "progress": None, "tasks": Counter()})
+        entry = runs.setdefault(f.run, {"id": f.run, "state": None, "progress": None, "tasks": Counter(), "cost": {},
+                                        "durations": [], "workers": 0, "unhealthy": []})
         if f.kind == "run":
-            entry.update(state=doc.get("state"), progress=doc.get("progress"))
-        else:
+            entry.update(state=doc.get("state"), progress=doc.get("progress"), cost=doc.get("cost", {}))
+        elif f.kind == "task":
             entry["tasks"][doc.get("state", "UNREADABLE")] += 1
-    return [dict(r, tasks=dict(sorted(r["tasks"].items()))) for _, r in sorted(runs.items())]
+            if doc.get("state") == "COMPLETED" and isinstance(doc.get("duration_s"), (int, float)):
+                entry["durations"].append(doc["duration_s"])
+        else:
+            entry["workers"] += doc.get("state") in ("IDLE", "BUSY")
+            if any(h.get("to") == "UNHEALTHY" for h in doc.get("history", []) if isinstance(h, dict)):
+                entry["unhealthy"].append(doc.get("id"))
+    return [_finished_entry(r) for _, r in sorted(runs.items())]
+
+
+def _finished_entry(r: dict[str, Any]) -> dict[str, Any]:
+    durations = r.pop("durations")
+    left = sum(n for s, n in r["tasks"].items() if s not in ("COMPLETED", "FAILED", "CANCELLED"))
+    eta = None
+    if left and durations and r["state"] == "RUNNING":
+        eta = round(left * sum(durations) / len(durations) / max(1, r["workers"]), 1)
+    return dict(r, tasks=dict(sorted(r["tasks"].items())), eta_s=eta)
+
+
+def _breakers(root: Path) -> list[dict[str, Any]]:
+    """The tools' breakers that hold work back (OPEN or HALF_OPEN)."""
+    out = []
+    for path in sorted((root / ROOT / "breakers").glob("*.json")):
+        doc = _read(path)
+        if doc.get("state") in ("OPEN", "HALF_OPEN"):
+            out.append({"id": doc.get("id"), "state": doc["state"], "consecutive_failures": doc.get("consecutive_failures"),
+                        "since": (doc.get("history") or [{}])[-1].get("at")})
+    return out
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -81,5 +110,11 @@ def _text(report: dict[str, Any]) -> str:
     for r in report["runs"]:
         share = f"{r['progress']:.0%}" if isinstance(r["progress"], (int, float)) else "?"
         tasks = ", ".join(f"{n} {s}" for s, n in r["tasks"].items()) or "no tasks"
-        lines.append(f"run {r['id']}: {r['state'] or 'no run.json'}, {share} done; tasks: {tasks}")
+        extra = [f"ETA {r['eta_s']:g} s" if r["eta_s"] is not None else "",
+                 f"cost {r['cost'].get('money', 0):g} ({r['cost'].get('tokens', 0)} tokens)" if r["cost"] else "",
+                 f"unhealthy workers: {', '.join(r['unhealthy'])}" if r["unhealthy"] else ""]
+        lines.append(f"run {r['id']}: {r['state'] or 'no run.json'}, {share} done; tasks: {tasks}"
+                     + "".join(f"; {e}" for e in extra if e))
+    for b in report["breakers"]:
+        lines.append(f"breaker {b['id']}: {b['state']} since {b['since']} after {b['consecutive_failures']} failure(s) in a row")
     return "\n".join(lines)
