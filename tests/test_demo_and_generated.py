@@ -24,6 +24,8 @@ def test_demo_accepts_the_valid_and_refuses_the_invalid(tmp_path: Path) -> None:
     assert [a["got"] for a in report["ledger"]] == ["PENDING PENDING", "PENDING", "VERIFIED", "REJECTED", "APPLIED", "ROLLED_BACK",
                                                     "QUARANTINED", "ROLLED_BACK", "sound"]
     assert "tests FAILED" in report["ledger"][6]["detail"] and "test_power" in report["ledger"][6]["detail"]
+    # act 3: ledger run of ship.yaml: a retried step, an agent's change gated as a patch
+    assert [a["got"] for a in report["run"]] == ["COMPLETED", "COMPLETED after 2 attempts", "COMPLETED with a patch"]
     assert ledger(target, "verify").returncode == 0
     # the kept repository is sound, and its history holds the two accepted commits
     assert ledger(target, "check").returncode == 0

@@ -34,15 +34,16 @@ class Outcome(NamedTuple):
 
 
 def run(directory: str | None, fmt: str) -> int:
-    from patch_ledger.commands import demo_ledger
+    from patch_ledger.commands import demo_ledger, demo_run
 
     root = _prepare(directory)
     outcomes = [_attempt(root, step) for step in STEPS]
     acts = demo_ledger.play(root)
-    ok = all(o.expected == o.got for o in outcomes) and all(a.expected == a.got for a in acts)
+    runs = demo_run.play(root)
+    ok = all(o.expected == o.got for o in outcomes) and all(a.expected == a.got for a in (*acts, *runs))
     emit(fmt, {"repository": str(root), "ok": ok, "steps": [o._asdict() for o in outcomes],
-               "ledger": [a._asdict() for a in acts]},
-         lambda _: _text(root, outcomes, acts, ok))
+               "ledger": [a._asdict() for a in acts], "run": [a._asdict() for a in runs]},
+         lambda _: _text(root, outcomes, acts, runs, ok))
     return OK if ok else CHECK_FAILED
 
 
@@ -151,7 +152,7 @@ STEPS = (
 )
 
 
-def _text(root: Path, outcomes: list[Outcome], acts: list[Any], ok: bool) -> str:
+def _text(root: Path, outcomes: list[Outcome], acts: list[Any], runs: list[Any], ok: bool) -> str:
     lines = [f"ledger demo: a repository at {root}, with the pre-commit hook installed", "",
              "The checker, on every commit:"]
     for i, o in enumerate(outcomes, 1):
@@ -161,11 +162,15 @@ def _text(root: Path, outcomes: list[Outcome], acts: list[Any], ok: bool) -> str
             lines += [f"     {line}" for line in o.output if line.startswith(".ledger/")][:3]
     accepted = sum(o.got == "accepted" for o in outcomes)
     lines += [f"   {accepted} commit(s) accepted, {len(outcomes) - accepted} refused.", "", "The patch ledger, in refs/ledger/patches/:"]
-    for i, a in enumerate(acts, len(outcomes) + 1):
-        mark = "ok" if a.expected == a.got else f"UNEXPECTED, expected {a.expected}"
-        lines.append(f"{i}. {a.title}: {a.got} [{mark}]")
-        if a.detail:
-            lines.append(f"     {a.detail}")
+    for title, group, start in (("", acts, len(outcomes) + 1),
+                                ("The run of a plan, with ledger run:", runs, len(outcomes) + len(acts) + 1)):
+        if title:
+            lines += ["", title]
+        for i, a in enumerate(group, start):
+            mark = "ok" if a.expected == a.got else f"UNEXPECTED, expected {a.expected}"
+            lines.append(f"{i}. {a.title}: {a.got} [{mark}]")
+            if a.detail:
+                lines.append(f"     {a.detail}")
     verdict = "Everything as expected." if ok else "NOT as expected."
-    lines += ["", verdict, f"Look around: cd {root} && ledger status && ledger log && ledger check && git log --oneline"]
+    lines += ["", verdict, f"Look around: cd {root} && ledger status && ledger log && ledger check && ledger gate list && git log --oneline"]
     return "\n".join(lines)
