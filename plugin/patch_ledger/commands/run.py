@@ -111,7 +111,8 @@ def _dry_run(graph: dag.Graph, routes: "router.Router", fmt: str) -> int:
                       "depends_on": list(task.depends_on), "tool": tool, "route": why})
     emit(fmt, {"tasks": steps}, lambda _: "\n".join(
         f"{s['order']:>4}. {s['task']}  [{s['workstream']}]" + (f" priority {s['priority']}" if s["priority"] else "")
-        + f"  -> {s['tool'] or 'sh'}: {s['route']}" + (f"  after {', '.join(s['depends_on'])}" if s["depends_on"] else "")
+        + f"  -> {s['tool'] or ('workflow' if s['route'].startswith('build workflow') else 'sh')}: {s['route']}"
+        + (f"  after {', '.join(s['depends_on'])}" if s["depends_on"] else "")
         for s in steps))
     return OK
 
