@@ -4,12 +4,14 @@ Nothing here asserts a time (see tests/perf/README.md)."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Any, Callable, NamedTuple, Sequence, Union
 
 Argv = Union[list[str], Callable[[], list[str]]]  # a command, or a maker of the next one (alternating steps)
 
@@ -102,6 +104,25 @@ def measure(case: Case, env: dict[str, str]) -> Row:
             run()
     return Row(case.name, statistics.median(ours), statistics.median(floor), case.target,
                "" if sound else "ledger did not exit 0")
+
+
+def interleaved(argvs: Sequence[list[str]], cwd: Path, env: dict[str, str], rounds: int) -> list[float]:
+    """The median of each command's times, every command run once a round and each round
+    starting one further along the list, so that drift in the machine hits all of them."""
+    times: list[list[float]] = [[] for _ in argvs]
+    for i in range(rounds):
+        for k in ((i + j) % len(argvs) for j in range(len(argvs))):
+            times[k].append(timed(argvs[k], cwd, env))
+    return [statistics.median(t) for t in times]
+
+
+def run_job(script: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    """`python SCRIPT ARGS...` (a benchmark file's in-process work, in a clean process): the
+    JSON it prints."""
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {script.name} {' '.join(args[:2])} failed:\n{proc.stderr.strip()}")
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
 
 def print_table(rows: Sequence[Row]) -> None:

@@ -1,7 +1,8 @@
 """The benchmark, side by side in one run: `ledger check` against check-jsonschema (the peer),
-and the patch ledger's commands against their floors (tests/perf/ledger_cases.py).
+the patch ledger's commands against their floors (tests/perf/ledger_cases.py), and the gates
+against plain pytest and their floors (tests/perf/gate_cases.py).
 
-    python tests/perf/run.py [check] [ledger]      # both groups when none is named
+    python tests/perf/run.py [check] [ledger] [gate]      # every group when none is named
 
 Builds real git repositories in a temporary directory and times each command from process
 start to exit, ours and the peer's (or the floor's) interleaved so that drift in the machine
@@ -28,7 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "plugin")]  # tests.builders; patch_ledger even when not installed
 
-import ledger_cases  # noqa: E402  (beside this file)
+import gate_cases  # noqa: E402  (beside this file)
+import ledger_cases  # noqa: E402
 from bench import Case, Row, Target, git, git_env, measure, print_table  # noqa: E402
 from patch_ledger import machine, schemas  # noqa: E402
 from tests.builders import stamp, walk  # noqa: E402
@@ -208,10 +210,10 @@ def versions(env: dict[str, str], groups: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    groups = argv or ["check", "ledger"]
-    unknown = sorted(set(groups) - {"check", "ledger"})
+    groups = argv or ["check", "ledger", "gate"]
+    unknown = sorted(set(groups) - {"check", "ledger", "gate"})
     if unknown:
-        print(f"bench: no group {', '.join(unknown)}; name check, ledger or both (none: both)", file=sys.stderr)
+        print(f"bench: no group {', '.join(unknown)}; name check, ledger or gate (none: all three)", file=sys.stderr)
         return 2
     missing = [p.name for p in (LEDGER, *([PEER] if "check" in groups else [])) if not os.access(p, os.X_OK)]
     if missing:
@@ -226,6 +228,8 @@ def main(argv: list[str]) -> int:
         rows = check_rows(tmp, env) if "check" in groups else []
         if "ledger" in groups:
             rows += ledger_cases.rows(tmp, env, str(LEDGER))
+        if "gate" in groups:
+            rows += gate_cases.rows(tmp, env, str(LEDGER))
         print("medians, process start to exit (the in-process row: of the call); ratio = ours / floor or peer; "
               "rounds and floors in tests/perf/README.md")
         print_table(rows)
