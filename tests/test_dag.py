@@ -159,8 +159,6 @@ def test_a_template_handing_a_field_to_a_shell_is_refused(command: list[str]) ->
     assert "'agent'" in message and "shell syntax" in message
 
 
-@pytest.mark.xfail(reason="dag._check_template knows only -c, -lc, -ec, -xc: combined flags such as -euc, and a shell "
-                          "started through timeout/nice/nohup/xargs, take {prompt} as shell code unrefused", strict=True)
 @pytest.mark.parametrize("command", [
     ["bash", "-euc", "echo {prompt}"],
     ["timeout", "60", "sh", "-c", "echo {prompt}"],
@@ -219,9 +217,6 @@ def test_shell_argv_runs_a_plain_command_directly_and_anything_else_through_sh(r
     assert dag.shell_argv(run) == argv
 
 
-@pytest.mark.xfail(reason="shell_argv runs these directly although they are shell syntax: a leading FOO=1 assignment, "
-                          "the builtins exit/cd/:/export, and a blank run: (an empty argv that kills the worker's "
-                          "job thread, see test_run.py)", strict=True)
 @pytest.mark.parametrize("run", ["FOO=1 make", "exit 0", "cd sub", ":", "export A=1", " "])
 def test_shell_argv_leaves_shell_syntax_to_the_shell(run: str) -> None:
     argv = dag.shell_argv(run)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.builders import git, init_repo
-from tests.test_run import (alive, assert_state_is_whole, docs, done_lines, entered, events, finish, no_process_left,
+from tests.test_run import (alive, all_events, assert_state_is_whole, docs, done_lines, entered, events, finish, no_process_left,
                             problems, processes_in, read, run_id, setup, start, task, ws)
 
 KILLS = 20  # at least this many SIGKILLs that hit a run under way
@@ -143,4 +143,4 @@ def check_finished(repo: Path, tids: list[str], what: str) -> None:
     assert all(w["state"] == "TERMINATED" and not alive(w["pid"]) for w in docs(repo, "worker").values()), what
     assert_state_is_whole(repo)  # `ledger check` compares with HEAD: the state committed after the last kill
     assert processes_in(repo) == [], what
-    assert [e["seq"] for e in events(repo)][-1] == len(events(repo))
+    assert [e["seq"] for e in all_events(repo)][-1] == len(all_events(repo))

@@ -6,7 +6,6 @@ text to a shell, or the dependencies form a cycle (named)."""
 from __future__ import annotations
 
 import re
-import shlex
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from patch_ledger.errors import LedgerError
@@ -112,6 +111,8 @@ def _task(tid: str, ws: str, spec: Mapping[str, Any], defaults: Mapping[str, Any
     if capabilities and not any(set(capabilities) <= set(t.get("capabilities", ())) for t in tools.values()):
         raise LedgerError(f"{where}: task {tid!r} needs {', '.join(capabilities)}, which no tool offers; "
                           "add them to a tool's capabilities")
+    if "run" in spec and not spec["run"].strip():
+        raise LedgerError(f"{where}: task {tid!r} has a blank run:; give it a command")
     if not spec.get("run") and tool is None and not capabilities:
         raise LedgerError(f"{where}: task {tid!r} has nothing to run; give it run:, or a prompt with a tool or capabilities")
     if spec.get("run") and (tool or capabilities or spec.get("prompt")):
@@ -153,18 +154,30 @@ def _phase_tools(ws: str, flow: Mapping[str, Any], tools: Mapping[str, Any], whe
 
 def _check_template(name: str, command: Sequence[str], where: str) -> None:
     """A tool's command is an argument vector whose {placeholders} are replaced inside one
-    argument each: safe, unless the program is a shell and a placeholder lands in the code it
-    runs, where a task's text would become shell syntax."""
+    argument each: safe, unless a placeholder lands in code that a program runs: the script
+    of a shell's -c (wherever the shell appears: `timeout 60 sh -c`, `bash -euc`), or of an
+    interpreter's -c or -e. Then a task's text would become code; it must be an argument."""
     for arg in command:
         for found in _PLACEHOLDER.findall(arg):
             if found not in PLACEHOLDERS:
                 raise LedgerError(f"{where}: tool {name!r}: {{{found}}} is not a placeholder ({', '.join(PLACEHOLDERS)})")
-    program = command[0].rsplit("/", 1)[-1]
-    if program in _SHELLS or (program == "env" and any(a.rsplit("/", 1)[-1] in _SHELLS for a in command[1:])):
-        for i, arg in enumerate(command):
-            if _PLACEHOLDER.search(arg) and i > 0 and command[i - 1] in ("-c", "-lc", "-ec", "-xc"):
-                raise LedgerError(f"{where}: tool {name!r} puts {arg!r} into the code of {program} -c, where a task's text "
-                                  "would run as shell syntax; pass it as an argument after the script (\"$1\") instead")
+    for i, arg in enumerate(command):
+        program = arg.rsplit("/", 1)[-1]
+        flags = "c" if program in _SHELLS or re.fullmatch(r"python[0-9.]*", program) else "ce" if program in _INTERPRETERS else ""
+        if not flags:
+            continue
+        takes_code = False
+        for option in command[i + 1:]:
+            if takes_code or not option.startswith("-") or option == "--":
+                if takes_code and _PLACEHOLDER.search(option):
+                    said = "shell syntax" if flags == "c" and program in _SHELLS else "code"
+                    raise LedgerError(f"{where}: tool {name!r} puts {option!r} into the code that {program} runs, where a task's "
+                                      f"text would become {said}; pass it as an argument after the script (\"$1\", sys.argv[1]) instead")
+                break
+            takes_code = not option.startswith("--") and any(f in option[1:] for f in flags)
+
+
+_INTERPRETERS = {"node", "nodejs", "perl", "ruby", "php", "deno", "bun"}
 
 
 def render(command: Sequence[str], values: Mapping[str, str]) -> list[str]:
@@ -173,17 +186,19 @@ def render(command: Sequence[str], values: Mapping[str, str]) -> list[str]:
     return [_PLACEHOLDER.sub(lambda m: values.get(m.group(1), ""), arg) for arg in command]
 
 
+# words the shell itself runs (make keeps such a list too): never executed as a program
+_SHELL_WORDS = {".", ":", "alias", "break", "case", "cd", "command", "continue", "eval", "exec", "exit", "export",
+                "for", "if", "read", "readonly", "return", "set", "shift", "source", "test", "[", "times", "trap",
+                "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while", "!", "{", "function"}
+
+
 def shell_argv(run: str) -> list[str]:
-    """A task's `run:`: executed directly when it is a plain command line (as make does),
-    through sh -c when it uses the shell's syntax."""
-    if re.search(r"[|&;<>()$`\\\"'*?\[\]#~=%{}\n]", run) is None:
-        return run.split()
-    try:
-        words = shlex.split(run)
-    except ValueError:
-        words = []
-    plain = words and all(re.fullmatch(r"[A-Za-z0-9_./:,@+=-]+", w) for w in words)
-    return words if plain else ["sh", "-c", run]
+    """A task's `run:`: executed directly when it is a plain command line of a program (as
+    make does), through sh -c when it uses the shell's syntax, builtins or assignments."""
+    words = run.split()
+    if words and words[0] not in _SHELL_WORDS and "=" not in words[0] and re.search(r"[|&;<>()$`\\\"'*?\[\]#~=%{}\n]", run) is None:
+        return words
+    return ["sh", "-c", run]
 
 
 def find_cycle(deps: Mapping[str, Iterable[str]]) -> list[str] | None:

@@ -56,17 +56,19 @@ def run_problems(machine: Machine, docs: RunDocs) -> Iterator[tuple[str, Problem
 
 @document_guard
 def task_attempts_within_max(m: Machine, task: Doc) -> Iterator[Problem]:
-    """A task's `attempts` counts its entries into RUNNING and never exceeds `max_attempts`;
-    it may enter RETRYING only while an attempt remains."""
+    """A task's `attempts` counts its entries into RUNNING and never exceeds `max_attempts`
+    (plus one for each attempt lost to an interruption, `interruptions`); it may enter
+    RETRYING only while an attempt remains."""
+    allowed = task["max_attempts"] + task.get("interruptions", 0)
     started = 0
     for i, entry in enumerate(task["history"]):
         if entry["to"] == "RUNNING":
             started += 1
-        if entry["to"] == "RETRYING" and started >= task["max_attempts"]:
+        if entry["to"] == "RETRYING" and started >= allowed:
             yield Problem(("history", i), f"history[{i}] retries after attempt {started} of max_attempts {task['max_attempts']}; it must fail")
     if task["attempts"] != started:
         yield Problem(("attempts",), f"attempts is {task['attempts']} but the history enters RUNNING {started} time(s)")
-    if task["attempts"] > task["max_attempts"]:
+    if task["attempts"] > allowed:
         yield Problem(("attempts",), f"attempts {task['attempts']} exceeds max_attempts {task['max_attempts']}")
 
 

@@ -239,6 +239,8 @@ class Orchestrator:
             why = self.note or "stopped"
             self.store.move("run", self.run, "PAUSED", self.options.actor, f"{why}; `ledger run --resume {self.run}` continues")
         self._flush()
+        if self.store.read("run", self.run)["state"] in machine.load("run").terminal:
+            self.store.forget_spares()  # a finished run writes no more
 
     def _summary(self) -> Summary:
         counts: dict[str, int] = {}
@@ -304,6 +306,9 @@ class Orchestrator:
             tid, attempt = message["done"], message["attempt"]
             slot.jobs = [j for j in slot.jobs if j != (tid, attempt)]
             slot.running = None
+            if message.get("phase") is None and self._state(tid) == "QUEUED" and self.store.read("task", tid)["attempts"] + 1 == attempt:
+                # it could not even start (no such program): that attempt ran and failed
+                self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", {"attempts": attempt, "worker": slot.id}, slot.id)
             current = self.store.read("task", tid)["attempts"] == attempt
             if message.get("phase") == "patch":
                 if current and self._state(tid) == "VALIDATING":
@@ -451,7 +456,10 @@ class Orchestrator:
             self._send(self.slots[worker_id], *jobs)
 
     def _free_slot(self) -> Slot | None:
-        return min((s for s in self.slots.values() if s.alive and len(s.jobs) < LOOKAHEAD), key=lambda s: len(s.jobs), default=None)
+        # under a budget a worker holds one job: one waiting would start before the loop
+        # could see the budget reached
+        hold = 1 if self.options.budget is not None else LOOKAHEAD
+        return min((s for s in self.slots.values() if s.alive and len(s.jobs) < hold), key=lambda s: len(s.jobs), default=None)
 
     # --- tasks that produce patches ---------------------------------------------------
 
@@ -609,17 +617,22 @@ class Orchestrator:
                 self._queue_if_ready(child)
             return
         self.store.update("task", tid, fields)
-        why = f"timed out after {self.graph.tasks[tid].timeout:g} s" if done["timed_out"] else f"exit code {done['rc']}"
+        why = f"timed out after {done['duration']:.1f} s" if done["timed_out"] else f"exit code {done['rc']}"
         self._fail_attempt(tid, why)
 
     def _fail_attempt(self, tid: str, why: str, immediate: bool = False) -> None:
-        """RUNNING or VALIDATING -> RETRYING (with its next time) while attempts remain, else FAILED."""
+        """RUNNING or VALIDATING -> RETRYING (with its next time) while attempts remain, else
+        FAILED. An `immediate` failure is an interruption (the run killed, the worker lost):
+        not the task's fault, so it gives the task an attempt more (`interruptions`)."""
         task = self.store.read("task", tid)
         spec = self.graph.tasks[tid]
-        if task["attempts"] < task["max_attempts"]:
+        lost = task.get("interruptions", 0) + (1 if immediate else 0)
+        if task["attempts"] < task["max_attempts"] + lost:
             delay = 0.0 if immediate else retry_delay(tid, task["attempts"], spec.retry_delay_s)
-            self._move_task(tid, "RETRYING", f"attempt {task['attempts']} failed: {why}; again in {delay:.1f} s",
-                            {"next_retry_at": _later(delay)})
+            fields: dict[str, Any] = {"next_retry_at": _later(delay)}
+            if immediate:
+                fields["interruptions"] = lost
+            self._move_task(tid, "RETRYING", f"attempt {task['attempts']} failed: {why}; again in {delay:.1f} s", fields)
             heapq.heappush(self.retries, (time.monotonic() + delay, tid))
         else:
             self._move_task(tid, "FAILED", f"attempt {task['attempts']} of {task['max_attempts']} failed: {why}")
@@ -641,6 +654,8 @@ class Orchestrator:
         spent = sum(float(self.store.read("task", t).get("cost", {}).get("money", 0.0)) for t in self.graph.tasks)
         if spent >= budget and not self.note:
             self.note = f"budget {budget:g} reached ({spent:g} spent): no new task starts"
+            for slot in self.slots.values():  # nor the jobs the workers hold in waiting
+                self._send(slot, {"stop": True})
         return spent >= budget
 
     # --- aggregates -------------------------------------------------------------------

@@ -45,6 +45,7 @@ class RunStore:
         self._dirty: dict[tuple[str, str], None] = {}
         self._events: list[str] = []
         self._spare_dir: Path | None = None
+        self._last_at: str | None = None
 
     def read(self, kind: str, doc_id: str) -> Doc:
         key = (kind, doc_id)
@@ -68,8 +69,16 @@ class RunStore:
         return self._save(kind, machine.advance(doc, kind, to, actor, reason, at=at, fields=kept), given)
 
     def update(self, kind: str, doc_id: str, fields: Mapping[str, Any]) -> Doc:
-        """Change fields that are not the state (an aggregate such as progress or cost)."""
+        """Change fields that are not the state (an aggregate such as progress or cost); the
+        log gets an `update` event with them, so `load` rebuilds them too."""
         doc = {**self.read(kind, doc_id), **fields}
+        if "{run}" in _PATTERNS[kind]:
+            self._seq += 1
+            # stamped with the last transition's time: an update is no event of its own in
+            # time, and a log written with given times (a replay, the demo) stays in order
+            event = {"schema_version": schemas.CURRENT_VERSION, "seq": self._seq, "at": self._last_at or machine.now(),
+                     "type": "update", "entity": kind, "id": doc_id, "data": dict(fields)}
+            self._events.append(json.dumps(event, separators=(",", ":")) + "\n")
         self._keep(kind, doc)
         return doc
 
@@ -95,6 +104,7 @@ class RunStore:
             self._keep(kind, doc)
             return doc
         step = doc["history"][-1]
+        self._last_at = step["at"]
         self._seq += 1
         event = {"schema_version": schemas.CURRENT_VERSION, "seq": self._seq, "at": step["at"], "type": "transition",
                  "entity": kind, "id": doc["id"], "from": step["from"], "to": step["to"], "actor": step["actor"],
@@ -140,6 +150,13 @@ class RunStore:
             self._spare_dir.mkdir(parents=True, exist_ok=True)
         return self._spare_dir
 
+    def forget_spares(self) -> None:
+        """Remove the spares of a run that will write no more."""
+        import shutil
+
+        shutil.rmtree(self._spares(), ignore_errors=True)
+        self._spare_dir = None
+
     @classmethod
     def load(cls, root: Path, run: str, autoflush: bool = False) -> "RunStore":
         """Every file of the run, brought up to its event log: a transition the log holds
@@ -166,9 +183,11 @@ class RunStore:
 
     def _replay(self, events: Iterable[Doc]) -> None:
         for event in events:
+            key = (event.get("entity", ""), event.get("id", ""))
+            if event.get("type") == "update" and key in self._docs:
+                self._apply(key, event.get("data", {}))
             if event.get("type") != "transition":
                 continue
-            key = (event["entity"], event["id"])
             entry = {k: event[k] for k in ("from", "to", "at", "actor", "reason")}
             doc = self._docs.get(key)
             if doc is None:
@@ -179,16 +198,23 @@ class RunStore:
                 continue
             if entry in doc["history"]:
                 continue
-            for field, value in event.get("data", {}).items():
-                if value is None:
-                    doc.pop(field, None)
-                else:
-                    doc[field] = value
+            self._apply(key, event.get("data", {}))
             doc["history"].append(entry)
             doc["state"] = entry["to"]
             self._dirty[key] = None
         if self._dirty:
             self.flush()
+
+    def _apply(self, key: tuple[str, str], data: Mapping[str, Any]) -> None:
+        """Fields an event set (None: removed) into the cached document, if they change it."""
+        doc = self._docs[key]
+        for field, value in data.items():
+            if value is None and field in doc:
+                del doc[field]
+                self._dirty[key] = None
+            elif value is not None and doc.get(field) != value:
+                doc[field] = value
+                self._dirty[key] = None
 
 
 def _write_all(files: list[tuple[Path, Doc]], spares: Path, sync: bool = True) -> None:

@@ -44,6 +44,9 @@ def stamp() -> str:
 
 
 def main(interval: float) -> None:
+    # Ctrl-C at a terminal reaches the whole process group: the scheduler drains, and its
+    # workers must let their jobs finish rather than die with them
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
     current: dict[str, int] = {}  # "pgid" of the job running now
     stop = threading.Event()  # {"stop": true}: drain; the job running finishes, waiting ones are dropped
@@ -88,8 +91,8 @@ def run_job(job: dict[str, Any], current: dict[str, int]) -> dict[str, Any]:
         try:
             proc = subprocess.Popen(job["argv"], cwd=job.get("cwd"), env={**os.environ, **job.get("env", {})},
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as e:
-            out.write(f"could not start {job['argv'][0]!r}: {e.strerror or e}\n".encode())
+        except (OSError, ValueError, IndexError) as e:  # no such program, a NUL in an argument, nothing to run
+            out.write(f"could not start {job['argv'][:1]!r}: {getattr(e, 'strerror', None) or e}\n".encode())
             return _done(job, 127, False, time.monotonic() - start, log)
         current["pgid"] = proc.pid
         say({"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": proc.pid, "at": stamp()})

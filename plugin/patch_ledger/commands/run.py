@@ -82,20 +82,30 @@ def create_run(root: Path, graph: dag.Graph, plan_path: str, run_id: str, actor:
 
 
 def _new_run_id(root: Path, graph: dag.Graph, plan_path: str) -> str:
+    """A new run's id, its directory claimed (mkdir): never one a crashed run left."""
     name = Path(plan_path).stem
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_id, n = f"{name}-{stamp}", 1
-    while (root / path_of("run", run_id, run_id)).exists():
-        n += 1
-        run_id = f"{name}-{stamp}-{n}"
-    return run_id
+    for n in range(1, 1000):
+        run_id = f"{name}-{stamp}" + (f"-{n}" if n > 1 else "")
+        directory = (root / path_of("run", run_id, run_id)).parent
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir()
+            return run_id
+        except FileExistsError:
+            continue
+    raise LedgerError(f"{directory.parent}: no free run id for {name} at {stamp}; remove old runs")
 
 
 def _resumed(root: Path, run_id: str) -> tuple[RunStore, str]:
-    if not (root / path_of("run", run_id, run_id)).is_file():
+    run_file, log = root / path_of("run", run_id, run_id), root / path_of("event", run_id, "")
+    if "/" in run_id or not (run_file.is_file() or log.is_file()):
         raise LedgerError(f"--resume {run_id}: no run {run_id} under .ledger/runs/; `ledger status` lists the runs")
-    store = RunStore.load(root, run_id)
-    run = store.read("run", run_id)
+    store = RunStore.load(root, run_id)  # rebuilds what a crash left behind its log, run.json too
+    try:
+        run = store.read("run", run_id)
+    except (OSError, ValueError):
+        raise LedgerError(f"--resume {run_id}: neither run.json nor its event log holds the run; start it again") from None
     if run["state"] in ("COMPLETED", "FAILED", "CANCELLED"):
         raise LedgerError(f"--resume {run_id}: the run is {run['state']}, a final state; start a new run of its plan")
     return store, run["plan"]
