@@ -39,6 +39,7 @@ SUITE, VERSION = "python-dateutil", "2.9.0.post0"  # the perf extra pins the sam
 SUITE_ARGS = ["tests", "-W", "ignore::pytest.PytestRemovedIn10Warning", "-W", "ignore::pytest.PytestUnknownMarkWarning"]
 CACHE = Path(tempfile.gettempdir()) / "patch-ledger-bench"
 ROUNDS_SUITE, ROUNDS_RECORD, ROUNDS_READ = 5, 20, 10
+WARM_UPS = (0, 2)  # the gate's `workers:` in its runs before the measured ones
 PATCHES, GATES = 1_000, ("tests", "lint")
 
 
@@ -155,27 +156,25 @@ def configure(repo: Path, env: dict[str, str], workers: Any, message: str) -> No
     git(repo, env, "commit", "-q", "--no-verify", "-m", message)
 
 
-def suite_repo(tmp: Path, env: dict[str, str], ledger_bin: str, plain: list[list[str]]) -> tuple[Path, list[str], list[bool]]:
+def suite_repo(tmp: Path, env: dict[str, str], ledger_bin: str, plain: list[list[str]]) -> tuple[Path, list[bool]]:
     """The suite committed as its sdist ships it, and run by each `plain` command first (each
     must exit 0; the first run also compiles the tests, which would make the gate's first
     run look slow); its gate run serial, then with two workers (so that the gate's history
     holds both), each on a commit of its own; then `workers: auto` and a small change: the
-    patch gated. The repository, the warm-up runs' states and whether each plain run passed."""
+    patch gated. The repository, and whether each plain run passed."""
     repo = new_repo(tmp / "gate-suite", env)
     shutil.copytree(suite_source(), repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".hypothesis"))
     git(repo, env, "add", "-A")
     git(repo, env, "commit", "-q", "--no-verify", "-m", f"{SUITE} {VERSION}, as its source distribution ships it")
     sound = [subprocess.run(c, cwd=repo, capture_output=True, env=env).returncode == 0 for c in plain]
-    states = []
-    for workers in (0, 2):
+    for workers in WARM_UPS:
         configure(repo, env, workers, f"gate tests, workers: {workers}")
-        ran = subprocess.run([ledger_bin, "gate", "run", "tests", "--format", "json"], cwd=repo, capture_output=True, text=True, env=env)
-        states.append(json.loads(ran.stdout)["results"][0]["state"] if ran.returncode in (0, 1) else f"exit {ran.returncode}")
+        subprocess.run([ledger_bin, "gate", "run", "tests"], cwd=repo, capture_output=True, env=env)
     configure(repo, env, "auto", "gate tests, workers: auto")
     with open(repo / "tests" / "test_easter.py", "a") as f:
         f.write("\n\ndef test_easter_2027():\n    assert easter(2027) == date(2027, 3, 28)\n")
     git(repo, env, "commit", "-q", "--no-verify", "-am", "test: Easter 2027")
-    return repo, states, sound
+    return repo, sound
 
 
 def gate_docs(repo: Path, env: dict[str, str], count: int) -> list[dict[str, Any]]:
@@ -192,10 +191,11 @@ def suite_rows(tmp: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
         return [Row(name, None, None, Target(1.05), missing)]
     plain = [sys.executable, "-m", "pytest", *SUITE_ARGS]
     commands = [[ledger_bin, "gate", "run", "tests"], plain, [*plain, "-n", "2"]]
-    repo, warm, sound = suite_repo(tmp, env, ledger_bin, commands[1:])
+    repo, sound = suite_repo(tmp, env, ledger_bin, commands[1:])
     gate, serial, spread = interleaved(commands, repo, env, ROUNDS_SUITE)
-    docs = gate_docs(repo, env, ROUNDS_SUITE)
-    report_choice(warm, docs, gate)
+    docs = gate_docs(repo, env, ROUNDS_SUITE + len(WARM_UPS))
+    report_choice(docs[ROUNDS_SUITE:], docs[:ROUNDS_SUITE], gate)
+    docs = docs[:ROUNDS_SUITE]
     tests = docs[0]["counts"]["tests"] if docs else 0
     note = "; ".join([*([] if all(sound) else ["plain pytest did not exit 0"]),
                       *([] if all(d["state"] == "PASSED" for d in docs) else ["a gate run did not pass"])])
@@ -204,18 +204,19 @@ def suite_rows(tmp: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
             Row("(h) same / the faster of the two", gate, min(serial, spread), Target(1.05), note)]
 
 
-def report_choice(warm: list[str], docs: list[dict[str, Any]], wall: float) -> None:
-    """What the gate chose in the measured runs, and why (the first line of its log); and
-    where its time went: pytest inside it (duration_s), the tests themselves (work_s), and
-    the rest, the ledger's own (the CLI's start, its git calls, recording the result)."""
+def report_choice(warm: list[dict[str, Any]], docs: list[dict[str, Any]], wall: float) -> None:
+    """What the gate chose in the measured runs, and why (the first line of its log), after
+    its warm-up runs; and where its time went: pytest inside it (duration_s), the tests
+    themselves (work_s), and the rest, the ledger's own (the CLI's start, its git calls,
+    recording the result). Documents newest first."""
     if not docs:
         return
     modes = Counter(d["log"].split(":", 1)[0].lstrip("[") for d in docs)
+    print("gate: " + ", ".join(f"{mode} {n} of {len(docs)} times" for mode, n in modes.most_common())
+          + "; its runs, oldest first (pytest's time, the gate's choice):")
+    for n, doc in enumerate(reversed([*docs, *warm])):
+        print(f"  {'warm-up' if n < len(warm) else 'measured'} {doc['state']} {doc['duration_s']:6.3f} s  {doc['log'].splitlines()[0]}")
     inside = statistics.median(d["duration_s"] for d in docs)
-    print(f"gate: warm-up runs with workers 0, then 2: {', '.join(warm)}; the measured runs chose "
-          + ", ".join(f"{mode} {n} of {len(docs)} times" for mode, n in modes.most_common()) + ", saying (oldest first):")
-    for doc in reversed(docs):
-        print(f"  {doc['duration_s']:6.3f} s  {doc['log'].splitlines()[0]}")
     print(f"gate: {wall:.3f} s in all (median), its pytest {inside:.3f} s (duration_s), the tests' own time "
           f"{statistics.median(d.get('work_s', 0) for d in docs):.3f} s (work_s); the ledger's own ~{wall - inside:.3f} s")
 
