@@ -535,9 +535,10 @@ def test_a_merge_commit_is_no_patch_to_gate(gated: Path) -> None:
 
 @pytest.mark.parametrize(("gates", "said"), [
     ([{"name": "x", "plugin": "no-such-kind"}], "no plugin provides 'no-such-kind'; available: check, command"),
-    ([{"name": "x", "plugin": "command", "args": {"cmd": ["true"]}}], "args: 'command' is a required property"),
-    ([{"name": "x", "plugin": "command", "args": {"command": "true"}}], "args: command: 'true' is not of type 'array'"),
-    ([{"name": "x", "plugin": "pytest", "args": {"workers": -1}}], "(plugin pytest): args: workers"),
+    # a built-in plugin's args are checked with the configuration, at their line and column
+    ([{"name": "x", "plugin": "command", "args": {"cmd": ["true"]}}], ".ledger/config.yaml:7:12: 'command' is required"),
+    ([{"name": "x", "plugin": "command", "args": {"command": "true"}}], ".ledger/config.yaml:8:16: command: 'true' is not of type 'array'"),
+    ([{"name": "x", "plugin": "pytest", "args": {"workers": -1}}], ".ledger/config.yaml:8:16: workers: -1 is not valid"),
     ([{"name": "x", "plugin": "check"}, {"name": "x", "plugin": "check"}], "'x' is named twice"),
     ([{"name": "x.lock", "plugin": "check"}], "cannot be part of a git ref"),
     ([{"name": "x", "plugin": "check", "timeout": 0}], "timeout"),

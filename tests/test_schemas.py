@@ -30,13 +30,13 @@ NAMES = schemas.names()
 # `items` as an array, `dependencies`, `unevaluated*`, `$anchor`… — must not appear.
 ALLOWED_KEYWORDS = frozenset({
     "type", "properties", "required", "additionalProperties", "enum", "const", "pattern", "minimum", "maximum",
-    "exclusiveMinimum", "minLength", "maxLength", "minItems", "uniqueItems", "items", "anyOf", "if", "then",
+    "exclusiveMinimum", "minLength", "maxLength", "minItems", "uniqueItems", "items", "anyOf", "allOf", "if", "then",
     "$ref", "$defs", "$schema", "$id", "title", "description", "x-state-machine",
 })
 ANNOTATIONS = frozenset({"title", "description"})
 SUBSCHEMA_MAPS = ("properties", "$defs")  # name -> schema
 SUBSCHEMAS = ("additionalProperties", "items", "if", "then")  # a schema (or a boolean)
-SUBSCHEMA_LISTS = ("anyOf",)
+SUBSCHEMA_LISTS = ("anyOf", "allOf")
 
 
 def schema_nodes(node: Any, where: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], dict[str, Any]]]:
@@ -195,7 +195,7 @@ EVENTS = [
 CONFIGS = [
     {"schema_version": 2},
     {"schema_version": 2,
-     "gates": [{"name": "pytest", "plugin": "pytest", "args": {"-x": True}, "required": True, "timeout": 600,
+     "gates": [{"name": "pytest", "plugin": "pytest", "args": {"args": ["-x"], "workers": "auto"}, "required": True, "timeout": 600,
                 "paths": ["src/"]},
                {"name": "lint", "plugin": "ruff"}],
      "policy": {"max_patch_bytes": 100000, "allow_binary": False, "forbidden_paths": [".env"], "required_paths": []},

@@ -96,7 +96,7 @@ def _offer_kinds(found: Plugins) -> None:
         for kind in offered:
             if not isinstance(kind, Kind) or not isinstance(kind.name, str):
                 _set_aside(found, impl.plugin_name, f"ledger_gate_kinds returned {kind!r:.80}, not a patch_ledger.hookspecs.Kind")
-            elif _schema_problem(kind.args):
+            elif impl.plugin_name not in BUILTIN and _schema_problem(kind.args):  # ours are tested
                 _set_aside(found, impl.plugin_name, f"offers the gate kind {kind.name!r:.40}, whose args schema is not a "
                                                     f"JSON Schema: {_schema_problem(kind.args)}")
             elif kind.name in found.kinds:
@@ -144,7 +144,8 @@ def configured(root: Path, found: Plugins) -> list[Gate]:
         if gate.plugin not in found.kinds and gate.plugin not in found.broken:
             raise LedgerError(f"{where}: no plugin provides {gate.plugin!r}; available: {', '.join(sorted(found.kinds))}"
                               + _broken_note(found))
-        if gate.plugin in found.kinds:
+        # a built-in kind's args were checked with the gate, against schemas/config.json
+        if gate.plugin in found.kinds and found.kinds[gate.plugin][1] not in BUILTIN:
             problem = _args_problem(found.kinds[gate.plugin][0], gate.args)
             if problem:
                 raise LedgerError(f"{where} (plugin {gate.plugin}): args: {problem}; `ledger gate list` shows what each plugin takes")
@@ -416,13 +417,18 @@ def _report(found: Plugins, gate: Gate, doc: Mapping[str, Any]) -> None:
                   file=sys.stderr, flush=True)
 
 
-def earlier(root: Path, gate: str, count: int = 3) -> list[dict[str, Any]]:
-    """The gate's latest finished results on any patch (documents, newest first): what the
-    pytest gate learns its parallelism from."""
+def earlier(root: Path, gate: str) -> list[dict[str, Any]]:
+    """The gate's newest finished result on any patch for each number of workers it used
+    (documents, newest first): the pytest gate compares its latest serial and parallel runs
+    to choose the next run's parallelism."""
     found = results.latest(root, gate, 20)
-    finished = sorted((r for r in found if r.state in ("PASSED", "FAILED")), key=lambda r: r.id, reverse=True)[:count]
+    finished = sorted((r for r in found if r.state in ("PASSED", "FAILED")), key=lambda r: r.id, reverse=True)
     docs = results.documents(root, finished)
-    return [docs[r.ref] for r in finished if r.ref in docs]
+    newest: dict[Any, dict[str, Any]] = {}
+    for r in finished:
+        if r.ref in docs:
+            newest.setdefault(docs[r.ref].get("workers", 0), docs[r.ref])
+    return list(newest.values())
 
 
 def log_dir(root: Path) -> Path:

@@ -3,13 +3,10 @@ against the patch's base, as a gate."""
 
 from __future__ import annotations
 
-from patch_ledger import check
+from patch_ledger import schemas
 from patch_ledger.hookspecs import Failure, Gate, Kind, Outcome, Work, hookimpl
 
-ARGS = {"type": "object", "additionalProperties": False, "properties": {
-    "paths": {"type": "array", "items": {"type": "string", "minLength": 1},
-              "description": "state files or directories to check (default: every one)"},
-}}
+ARGS = schemas.load("config")["$defs"]["check_args"]  # the schema is the one source: schemas/config.json
 
 
 @hookimpl
@@ -21,6 +18,8 @@ def ledger_gate_kinds() -> list[Kind]:
 def ledger_gate_run(gate: Gate, work: Work) -> Outcome | None:
     if gate.plugin != "check":
         return None
+    from patch_ledger import check  # the checker loads only when this gate runs
+
     report = check.check(work.checkout, gate.args.get("paths", ()), base=work.base)
     counts = {"files": len(report.checked), "problems": len(report.findings)}
     if not report.findings:

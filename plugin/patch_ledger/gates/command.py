@@ -9,21 +9,10 @@ from __future__ import annotations
 
 import os
 
-from patch_ledger import proc
+from patch_ledger import proc, schemas
 from patch_ledger.hookspecs import Gate, Kind, Outcome, Work, hookimpl
 
-ARGS = {
-    "type": "object",
-    "required": ["command"],
-    "additionalProperties": False,
-    "properties": {
-        "command": {"type": "array", "minItems": 1, "items": {"type": "string"},
-                    "description": "the program and its arguments (no shell: write [sh, -c, ...] for one)"},
-        "ok_codes": {"type": "array", "minItems": 1, "items": {"type": "integer"},
-                     "description": "exit codes that pass (default [0])"},
-        "env": {"type": "object", "additionalProperties": {"type": "string"}},
-    },
-}
+ARGS = schemas.load("config")["$defs"]["command_args"]  # the schema is the one source: schemas/config.json
 
 
 @hookimpl

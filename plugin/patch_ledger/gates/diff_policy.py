@@ -3,16 +3,11 @@ and required paths), from the gate's `args` or else the `policy:` of .ledger/con
 
 from __future__ import annotations
 
-from patch_ledger import config, validation
+from patch_ledger import config, schemas, validation
 from patch_ledger.hookspecs import Failure, Gate, Kind, Outcome, Work, hookimpl
 
 # the same fields as `policy:` in schemas/config.json
-ARGS = {"type": "object", "additionalProperties": False, "properties": {
-    "max_patch_bytes": {"type": "integer", "minimum": 1},
-    "allow_binary": {"type": "boolean"},
-    "forbidden_paths": {"type": "array", "items": {"type": "string", "minLength": 1}},
-    "required_paths": {"type": "array", "items": {"type": "string", "minLength": 1}},
-}}
+ARGS = schemas.load("config")["$defs"]["diff_policy_args"]  # the schema is the one source: schemas/config.json
 
 
 @hookimpl

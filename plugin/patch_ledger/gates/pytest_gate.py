@@ -18,17 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from patch_ledger import proc
+from patch_ledger import proc, schemas
 from patch_ledger.gates import junit
 from patch_ledger.hookspecs import Gate, Kind, Outcome, Work, hookimpl
 
-ARGS = {"type": "object", "additionalProperties": False, "properties": {
-    "python": {"type": "string", "minLength": 1, "description": "the interpreter that runs pytest (default: the ledger's own)"},
-    "args": {"type": "array", "items": {"type": "string"}, "description": "more arguments for pytest, e.g. [tests/, -x]"},
-    "workers": {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 0}],
-                "description": "xdist workers: auto (chosen from earlier runs) or a number (0: serial)"},
-    "dist": {"enum": ["worksteal", "load", "loadscope", "loadfile", "loadgroup"], "description": "xdist's --dist (default worksteal)"},
-}}
+ARGS = schemas.load("config")["$defs"]["pytest_args"]  # the schema is the one source: schemas/config.json
 
 # What xdist costs and gives, until the gate's own runs say better. Measured on this
 # project's 2-core machine (Python 3.11, pytest 9, pytest-xdist 3.8, --dist worksteal),
