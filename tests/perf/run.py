@@ -1,8 +1,9 @@
 """The benchmark, side by side in one run: `ledger check` against check-jsonschema (the peer),
-the patch ledger's commands against their floors (tests/perf/ledger_cases.py), and the gates
-against plain pytest and their floors (tests/perf/gate_cases.py).
+the patch ledger's commands against their floors (tests/perf/ledger_cases.py), the gates
+against plain pytest and their floors (tests/perf/gate_cases.py), and `ledger run` of a DAG
+against `make -j2` of the same DAG (tests/perf/run_cases.py).
 
-    python tests/perf/run.py [check] [ledger] [gate]      # every group when none is named
+    python tests/perf/run.py [check] [ledger] [gate] [run]      # every group when none is named
 
 Builds real git repositories in a temporary directory and times each command from process
 start to exit, ours and the peer's (or the floor's) interleaved so that drift in the machine
@@ -31,6 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "plugin")]  # tests.builders; patch_ledger
 
 import gate_cases  # noqa: E402  (beside this file)
 import ledger_cases  # noqa: E402
+import run_cases  # noqa: E402
 from bench import Case, Row, Target, git, git_env, measure, print_table  # noqa: E402
 from patch_ledger import machine, schemas  # noqa: E402
 from tests.builders import stamp, walk  # noqa: E402
@@ -205,15 +207,16 @@ def versions(env: dict[str, str], groups: list[str]) -> str:
         return (proc.stdout or proc.stderr).strip().splitlines()[0]
 
     peer = f"{first_line([str(PEER), '--version'])}; " if "check" in groups else ""
+    peer += f"{first_line(['make', '--version'])}; " if "run" in groups else ""
     return (f"{first_line([str(LEDGER), '--version'])}; {peer}Python {platform.python_version()}; "
             f"{first_line(['git', '--version'])}; {os.cpu_count()} CPU(s)")
 
 
 def main(argv: list[str]) -> int:
-    groups = argv or ["check", "ledger", "gate"]
-    unknown = sorted(set(groups) - {"check", "ledger", "gate"})
+    groups = argv or ["check", "ledger", "gate", "run"]
+    unknown = sorted(set(groups) - {"check", "ledger", "gate", "run"})
     if unknown:
-        print(f"bench: no group {', '.join(unknown)}; name check, ledger or gate (none: all three)", file=sys.stderr)
+        print(f"bench: no group {', '.join(unknown)}; name check, ledger, gate or run (none: all four)", file=sys.stderr)
         return 2
     missing = [p.name for p in (LEDGER, *([PEER] if "check" in groups else [])) if not os.access(p, os.X_OK)]
     if missing:
@@ -230,6 +233,8 @@ def main(argv: list[str]) -> int:
             rows += ledger_cases.rows(tmp, env, str(LEDGER))
         if "gate" in groups:
             rows += gate_cases.rows(tmp, env, str(LEDGER))
+        if "run" in groups:
+            rows += run_cases.rows(tmp, env, str(LEDGER))
         print("medians, process start to exit (the in-process row: of the call); ratio = ours / floor or peer; "
               "rounds and floors in tests/perf/README.md")
         print_table(rows)
