@@ -300,6 +300,11 @@ def _commits(root: Path, revrange: str) -> list[tuple[str, str | None, str, str]
     return out
 
 
+def commit_diffs(root: Path, revrange: str) -> dict[str, bytes]:
+    """Each non-merge commit's diff against its parent, as a patch of it is recorded."""
+    return _diffs(root, revrange, reverse=False)
+
+
 def _diffs(root: Path, revrange: str, reverse: bool) -> dict[str, bytes]:
     """Each commit's diff against its parent, as `git diff --binary --full-index` writes it."""
     args = [*DIFF_CONFIG, "log", "--no-merges", "--reverse", "-p", "--format=%x00commit %H", *(_REVERSED if reverse else DIFF), revrange, "--"]

@@ -143,7 +143,7 @@ class Recorder:
             root = git.toplevel(self.config.rootpath)
             _check_recordable(self.config, root, name)
             actor = actor_of(root, self.config.getoption("ledger_actor"))
-            patch, commit, parent = targets.commit_patch(root, "HEAD", actor)
+            patch, commit, parent, _ = targets.commit_patch(root, "HEAD", actor)
             target = gating.Target(patch.id, parent, b"", (), root)
             gating.record_finished(root, name, "pytest", target, shard, outcome, self.started_at, time.monotonic() - self.start, actor)
             self.said = f"ledger: recorded gate {name} {state} for patch {patch.id[:12]} (commit {commit[:12]})"
