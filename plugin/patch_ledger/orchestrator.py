@@ -412,22 +412,14 @@ class Orchestrator:
         if self.draining:
             return
         sent: dict[str, list[dict[str, Any]]] = {}
-        while self.to_record:
-            slot = self._free_slot()
-            if slot is None:
-                break
-            tid = self.to_record.pop(0)
-            attempt = self.store.read("task", tid)["attempts"]
-            sent.setdefault(slot.id, []).append(self._record_job(tid, attempt))
-            slot.jobs.append((tid, attempt))
-        while self.to_continue and not self._over_budget():
-            slot = self._free_slot()
-            if slot is None:
-                break
-            tid = self.to_continue.pop(0)
-            attempt = self.store.read("task", tid)["attempts"]
-            sent.setdefault(slot.id, []).append(self._phase_job(tid, attempt))
-            slot.jobs.append((tid, attempt))
+        # the next job of a task under way first (recording its change, a workflow's next
+        # phase): it is no new task, so a budget does not hold it back
+        for waiting, job_of in ((self.to_record, self._record_job), (self.to_continue, self._phase_job)):
+            while waiting and (slot := self._free_slot()) is not None:
+                tid = waiting.pop(0)
+                attempt = self.store.read("task", tid)["attempts"]
+                sent.setdefault(slot.id, []).append(job_of(tid, attempt))
+                slot.jobs.append((tid, attempt))
         while self.ready and not self._over_budget():
             slot = self._free_slot()
             if slot is None:
