@@ -25,7 +25,7 @@ SEED = int(os.environ.get("LEDGER_KILL_SEED", "20240611"))
 
 # The lock is flock's: the kernel drops it when its holder dies, so only a job still alive
 # can make a later attempt find it taken.
-LOCKED = ("flock -n locks/$LEDGER_TASK -c 'echo $LEDGER_ATTEMPT >> done/$LEDGER_TASK; sleep 0.03' "
+LOCKED = ("flock -n locks/$LEDGER_TASK -c 'echo $LEDGER_ATTEMPT >> done/$LEDGER_TASK; sleep 0.08' "
           "|| { echo $LEDGER_TASK >> overlaps; exit 1; }")
 
 

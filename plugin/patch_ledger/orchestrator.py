@@ -112,6 +112,13 @@ class Orchestrator:
         self.worker_count = len(store.docs("worker"))
         self.terminal = machine.load("task").terminal
         self.unfinished = {t for t in graph.tasks if self._state(t) not in self.terminal}
+        # aggregates kept as the tasks move, so a flush costs what changed, not the run's size
+        self.waiting = {t: sum(self._state(d) != "COMPLETED" for d in spec.depends_on) for t, spec in graph.tasks.items()}
+        self.finished = {ws: sum(self._state(t) in self.terminal for t in tids) for ws, tids in graph.workstreams.items()}
+        self.costs = {ws: {} for ws in graph.workstreams}
+        for tid, spec in graph.tasks.items():
+            self.costs[spec.workstream] = _summed(self.costs[spec.workstream], self.store.read("task", tid).get("cost", {}))
+        self.touched: set[str] = set(graph.workstreams)  # workstreams whose tasks moved since the last flush
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -176,8 +183,7 @@ class Orchestrator:
 
     def _flush(self, checkpoint: bool = True) -> None:
         self._settle_workstreams()
-        self._sum_costs()
-        self.store.refresh_progress()
+        self._refresh_aggregates()
         self.store.flush(sync_files=checkpoint)
         self.last_flush = time.monotonic()
         if checkpoint:
@@ -233,7 +239,7 @@ class Orchestrator:
             why = "every task completed" if to == "COMPLETED" else f"{sum(s != 'COMPLETED' for s in states)} task(s) failed or were cancelled"
             self._settle_workstreams()
             if run["state"] == "RUNNING":
-                self.store.refresh_progress()
+                self._refresh_aggregates()
                 self.store.move("run", self.run, to, self.options.actor, why)
         elif run["state"] == "RUNNING":
             why = self.note or "stopped"
@@ -396,14 +402,21 @@ class Orchestrator:
 
     def _move_task(self, tid: str, to: str, reason: str, fields: dict[str, Any] | None = None, actor: str | None = None) -> None:
         self.store.move("task", tid, to, actor or self.options.actor, reason, fields=fields)
+        ws = self.graph.tasks[tid].workstream
+        self.touched.add(ws)
         if to in self.terminal:
             self.unfinished.discard(tid)
+            self.finished[ws] += 1
+        if to == "COMPLETED":
+            for child in self.dependents[tid]:
+                self.waiting[child] -= 1
+                self._queue_if_ready(child)
 
     def _push_ready(self, tid: str) -> None:
         heapq.heappush(self.ready, (-self.graph.tasks[tid].priority, self.position[tid], tid))
 
     def _queue_if_ready(self, tid: str) -> None:
-        if self._state(tid) == "PENDING" and all(self._state(d) == "COMPLETED" for d in self.graph.tasks[tid].depends_on):
+        if self.waiting[tid] == 0 and self._state(tid) == "PENDING":
             deps = self.graph.tasks[tid].depends_on
             self._move_task(tid, "QUEUED", "its dependencies completed" if deps else "no dependencies")
             self._push_ready(tid)
@@ -489,8 +502,6 @@ class Orchestrator:
         fields = {"patch": result["patch"]} if result.get("patch") else {}
         if done["rc"] == 0:
             self._move_task(tid, "COMPLETED", reason, {**fields, "progress": 1.0})
-            for child in self.dependents[tid]:
-                self._queue_if_ready(child)
         else:
             self.store.update("task", tid, fields)
             self._fail_attempt(tid, reason)
@@ -539,6 +550,7 @@ class Orchestrator:
         cost = _summed(task.get("cost", {}), done.get("cost") or {})
         if cost:
             self.store.update("task", tid, {"cost": cost})
+            self._add_cost(tid, done.get("cost"))
         flow = self._workflow(tid)
         if ok:
             nxt = self._hand_on(tid, f"{phase} done by {tool}")
@@ -583,6 +595,7 @@ class Orchestrator:
     def _finish_attempt(self, tid: str, done: dict[str, Any], slot: Slot) -> None:
         task = self.store.read("task", tid)
         cost = _summed(task.get("cost", {}), done.get("cost") or {})
+        self._add_cost(tid, done.get("cost"))
         result = {"exit_code": done["rc"], "timed_out": done["timed_out"], "output": done["excerpt"][-2000:]}
         if done.get("cost_problem"):
             result["cost_problem"] = done["cost_problem"]
@@ -605,8 +618,6 @@ class Orchestrator:
         if ok:
             self._move_task(tid, "VALIDATING", "exit code 0", fields, slot.id)
             self._move_task(tid, "COMPLETED", "its command succeeded", {"progress": 1.0})
-            for child in self.dependents[tid]:
-                self._queue_if_ready(child)
             return
         self.store.update("task", tid, fields)
         why = f"timed out after {done['duration']:.1f} s" if done["timed_out"] else f"exit code {done['rc']}"
@@ -653,39 +664,50 @@ class Orchestrator:
     # --- aggregates -------------------------------------------------------------------
 
     def _settle_workstreams(self) -> None:
-        terminal = machine.load("task").terminal
-        for ws, tids in self.graph.workstreams.items():
-            doc = self.store.read("workstream", ws)
-            states = [self._state(t) for t in tids]
+        """Each workstream whose tasks moved: READY and RUNNING once one is under way, then
+        COMPLETED, FAILED or CANCELLED once all of them are final."""
+        for ws in sorted(self.touched):
+            states = [self._state(t) for t in self.graph.workstreams[ws]]
             started = any(s not in ("PENDING", "QUEUED", "CANCELLED") for s in states)
-            if doc["state"] == "PENDING" and started:
-                self.store.move("workstream", ws, "READY", self.options.actor, "a task is under way")
-            if self.store.read("workstream", ws)["state"] == "READY" and started:
-                self.store.move("workstream", ws, "RUNNING", self.options.actor, "a task started")
-            if not all(s in terminal for s in states):
-                continue
             state = self.store.read("workstream", ws)["state"]
+            if state == "PENDING" and started:
+                state = self.store.move("workstream", ws, "READY", self.options.actor, "a task is under way")["state"]
+            if state == "READY" and started:
+                state = self.store.move("workstream", ws, "RUNNING", self.options.actor, "a task started")["state"]
+            if self.finished[ws] < len(states):
+                continue
+            self._refresh_aggregates()  # a final workstream's progress must say so first
             if all(s == "COMPLETED" for s in states) and state == "RUNNING":
-                self.store.refresh_progress()
                 self.store.move("workstream", ws, "COMPLETED", self.options.actor, "every task completed")
             elif any(s == "FAILED" for s in states) and state == "RUNNING":
-                self.store.refresh_progress()
                 self.store.move("workstream", ws, "FAILED", self.options.actor, "a task failed")
             elif state in ("PENDING", "READY", "RUNNING") and not all(s == "COMPLETED" for s in states):
-                self.store.refresh_progress()
                 self.store.move("workstream", ws, "CANCELLED", self.options.actor, "its tasks were cancelled")
 
-    def _sum_costs(self) -> None:
-        totals: dict[str, dict[str, Any]] = {}
-        for tid, spec in self.graph.tasks.items():
-            cost = self.store.read("task", tid).get("cost")
-            if cost:
-                totals[spec.workstream] = _summed(totals.get(spec.workstream, {}), cost)
-                totals[""] = _summed(totals.get("", {}), cost)
-        for ws, cost in totals.items():
-            kind, entity = ("run", self.run) if ws == "" else ("workstream", ws)
-            if self.store.read(kind, entity).get("cost") != cost:
-                self.store.update(kind, entity, {"cost": cost})
+    def _refresh_aggregates(self) -> None:
+        """Progress (the share of final tasks, as the run guards count it) and costs of the
+        workstreams whose tasks moved, and of the run."""
+        for ws in sorted(self.touched):
+            doc = self.store.read("workstream", ws)
+            share = self.finished[ws] / len(self.graph.workstreams[ws])
+            changed = {k: v for k, v in (("progress", share), ("cost", self.costs[ws])) if (v or k == "progress") and doc.get(k) != v}
+            if changed:
+                self.store.update("workstream", ws, changed)
+        self.touched.clear()
+        run = self.store.read("run", self.run)
+        share = sum(self.finished.values()) / len(self.graph.tasks) if self.graph.tasks else 0.0
+        total: dict[str, Any] = {}
+        for cost in self.costs.values():
+            total = _summed(total, cost)
+        changed = {k: v for k, v in (("progress", share), ("cost", total)) if (v or k == "progress") and run.get(k) != v}
+        if changed:
+            self.store.update("run", self.run, changed)
+
+    def _add_cost(self, tid: str, cost: dict[str, Any] | None) -> None:
+        if cost:
+            ws = self.graph.tasks[tid].workstream
+            self.costs[ws] = _summed(self.costs[ws], cost)
+            self.touched.add(ws)
 
     def _show_progress(self) -> None:
         if not self.options.progress:

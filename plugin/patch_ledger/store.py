@@ -87,8 +87,12 @@ class RunStore:
         from patch_ledger.guards import share_done
 
         tasks = self.docs("task") if not self.autoflush else self._all_tasks()
-        for ws in sorted({t["workstream"] for t in tasks if "workstream" in t}):
-            share = share_done([t for t in tasks if t.get("workstream") == ws])
+        by_workstream: dict[str, list[Doc]] = {}
+        for t in tasks:
+            if "workstream" in t:
+                by_workstream.setdefault(t["workstream"], []).append(t)
+        for ws, members in sorted(by_workstream.items()):
+            share = share_done(members)
             if self.read("workstream", ws).get("progress") != share:
                 self.update("workstream", ws, {"progress": share})
         share = share_done(tasks)
