@@ -650,6 +650,8 @@ def test_ctrl_c_drains_running_tasks_pauses_and_resume_completes(repo: Path) -> 
     assert task_state(repo, "t0") == task_state(repo, "t1") == "COMPLETED"  # finished, not killed
     assert done_lines(repo, "t0") == done_lines(repo, "t1") == ["1"]
     assert [t for t in (f"t{i}" for i in range(6)) if task_state(repo, t) != "COMPLETED"]  # not everything ran
+    # the workers followed their machine: DRAINING on Ctrl-C, then TERMINATED
+    assert all([h["to"] for h in w["history"]][-2:] == ["DRAINING", "TERMINATED"] for w in docs(repo, "worker").values())
     assert_state_is_whole(repo)
     git(repo, "add", ".ledger")
     git(repo, "commit", "-qm", "paused run")

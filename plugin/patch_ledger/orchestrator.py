@@ -105,6 +105,7 @@ class Orchestrator:
         self.slots: dict[str, Slot] = {}
         self.selector = selectors.DefaultSelector()
         self.draining = False
+        self.interrupted = False  # Ctrl-C seen; the loop starts draining
         self.note = ""
         self.last_flush = self.last_checkpoint = time.monotonic()
         self.started = time.monotonic()
@@ -142,14 +143,23 @@ class Orchestrator:
         return self._summary()
 
     def _drain(self, signum: int, frame: Any) -> None:
-        if self.draining:
+        """SIGINT: a flag only, acted on by the loop (a handler may interrupt a write)."""
+        if self.interrupted:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.interrupted = True
+
+    def _start_draining(self) -> None:
         self.draining = True
         self.note = "draining on Ctrl-C: running tasks finish, nothing new starts (Ctrl-C again stops at once)"
         for slot in self.slots.values():
             self._send(slot, {"stop": True})
+            if self.store.read("worker", slot.id)["state"] in ("IDLE", "BUSY"):
+                self.store.move("worker", slot.id, "DRAINING", self.options.actor, "Ctrl-C: finishing its job, taking no more",
+                                fields={"task": None})
 
     def _step(self) -> None:
+        if self.interrupted and not self.draining:
+            self._start_draining()
         timeout = self._timeout()
         for key, _ in self.selector.select(timeout):
             self._read(key.data)
@@ -332,8 +342,9 @@ class Orchestrator:
                 self._push_ready(message["dropped"])
 
     def _worker_to(self, slot: Slot, to: str, reason: str, task: str | None = None) -> None:
-        """The worker's machine follows its jobs: BUSY with the task it runs, IDLE without one."""
-        if self.store.read("worker", slot.id)["state"] != to:
+        """The worker's machine follows its jobs: BUSY with the task it runs, IDLE without one
+        (a DRAINING worker stays so until it is terminated)."""
+        if self.store.read("worker", slot.id)["state"] not in (to, "DRAINING"):
             self.store.move("worker", slot.id, to, slot.id, reason, fields={"task": task})  # None drops the field
 
     def _check_heartbeats(self, now: float) -> None:

@@ -115,7 +115,7 @@ def _kill(pgid: int) -> None:
 
 
 def _done(job: dict[str, Any], returncode: int, timed_out: bool, duration: float, log: Path) -> dict[str, Any]:
-    tail = _tail(log, SCAN_BYTES)
+    tail = _tail(log, SCAN_BYTES) if log.stat().st_size else b""
     cost, problem = parse_cost(tail, job.get("cost_pattern"))
     text = tail[-EXCERPT_BYTES:].decode("utf-8", "replace")
     return {"done": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "rc": returncode, "timed_out": timed_out,

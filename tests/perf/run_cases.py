@@ -33,6 +33,8 @@ sys.path[:0] = [str(HERE.parents[2] / "plugin")]  # patch_ledger even when not i
 from bench import Row, Target, git  # noqa: E402
 
 SIZES = ((1_000, 9), (5_000, 3), (10_000, 3))  # (tasks, rounds); the first carries the target
+if os.environ.get("LEDGER_BENCH_RUN_SIZES"):  # e.g. "1000:5" while working on the scheduler
+    SIZES = tuple(tuple(int(x) for x in size.split(":")) for size in os.environ["LEDGER_BENCH_RUN_SIZES"].split(","))  # type: ignore[misc]
 TARGET = Target(1.5)
 WORKERS = 2
 PLAN = "dag"
