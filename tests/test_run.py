@@ -764,3 +764,17 @@ def test_resume_keeps_a_retry_s_persisted_time(repo: Path) -> None:
     queued_again = [h for h in doc["history"] if h["from"] == "RETRYING"][0]
     assert epoch(queued_again["at"]) >= due - 0.01
     assert doc["state"] == "COMPLETED" and doc["attempts"] == 2
+
+
+def test_a_tool_runs_no_more_jobs_at_once_than_its_max_concurrency(repo: Path) -> None:
+    # three workers are free, but the tool takes one job at a time: a second one at once
+    # would find the tool's lock taken
+    tools = {"one": {"command": ["sh", "-c", "flock -n locks/one -c 'sleep 0.2' || { echo overlap >> overlaps; exit 1; }"],
+                     "max_concurrency": 1, "capabilities": ["x"]}}
+    setup(repo, ws("a", *({"id": f"t{i}", "prompt": "p", "tool": "one"} for i in range(3)),
+                   {"id": "c", "prompt": "p", "capabilities": ["x"]}), tools=tools)
+    result = ledger(repo, "run", "p", "--workers", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (repo / "overlaps").exists()
+    assert all(read(repo, "task", t)["tool"] == "one" for t in ("t0", "t1", "t2", "c"))
+    assert_state_is_whole(repo)

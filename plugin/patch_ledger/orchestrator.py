@@ -452,7 +452,7 @@ class Orchestrator:
             if self._state(tid) != "QUEUED" or any(tid == j[0] for s in self.slots.values() for j in s.jobs):
                 continue
             task = self.graph.tasks[tid]
-            tool, why, wait = self.router.choose(task)
+            tool, why, wait = self.router.choose(task, self._full_tools())
             if tool is None and task.run is None and task.workflow is None:  # every tool it could use is held by its breaker
                 heapq.heappush(self.parked, (time.monotonic() + wait, tid))
                 continue
@@ -470,6 +470,16 @@ class Orchestrator:
             slot.jobs.append((tid, attempt))
         for worker_id, jobs in sent.items():  # one write a worker
             self._send(self.slots[worker_id], *jobs)
+
+    def _full_tools(self) -> frozenset[str]:
+        """The tools running as many jobs as their `max_concurrency` allows."""
+        out: dict[str, int] = {}
+        for slot in self.slots.values():
+            for tid, _ in slot.jobs:
+                tool = self.routes.get(tid, (None, ""))[0] or self.phase_tools.get(tid)
+                if tool is not None:
+                    out[tool] = out.get(tool, 0) + 1
+        return frozenset(t for t, n in out.items() if n >= self.graph.tools[t].get("max_concurrency", n + 1))
 
     def _free_slot(self) -> Slot | None:
         # under a budget a worker holds one job: one waiting would start before the loop

@@ -22,6 +22,7 @@ from patch_ledger.store import RunStore
 
 DEFAULT_THRESHOLD = 3
 DEFAULT_COOLDOWN_S = 60.0
+FULL_WAIT_S = 0.05  # a task whose tools all run their max_concurrency looks again this soon
 
 
 class Router:
@@ -94,23 +95,27 @@ class Router:
             return float(money) / runs
         return float(self.tools[tool].get("cost", {}).get("per_run", 0.0))
 
-    def choose(self, task: dag.Task) -> tuple[str | None, str, float]:
-        """(the tool, why, 0) or, when every tool that could take it is held by its breaker,
-        (None, why, seconds to wait). A `run:` task's tool is None."""
+    def choose(self, task: dag.Task, full: frozenset[str] = frozenset()) -> tuple[str | None, str, float]:
+        """(the tool, why, 0) or, when every tool that could take it is held by its breaker or
+        runs its `max_concurrency` already (`full`), (None, why, seconds to wait). A `run:`
+        task's tool is None."""
         if task.run is not None:
             return None, "runs its own command", 0.0
         if task.workflow is not None:
             phases = task.workflow["phases"]
             return None, "build workflow: " + ", ".join(f"{p.lower()} {t}" for p, t in phases.items() if t), 0.0
         if task.tool is not None:
+            if task.tool in full:
+                return None, f"{task.tool} runs its max_concurrency already", FULL_WAIT_S
             ok, wait = self.available(task.tool)
             return (task.tool, "named by the plan", 0.0) if ok else (None, f"{task.tool}'s breaker is OPEN", wait)
         wanted = set(task.capabilities)
         able = sorted(name for name, tool in self.tools.items() if wanted <= set(tool.get("capabilities", ())))
-        waits = {name: self.available(name) for name in able}
+        waits = {name: (False, FULL_WAIT_S) if name in full else self.available(name) for name in able}
         usable = [name for name in able if waits[name][0]]
         if not usable:
-            return None, f"every tool with {', '.join(sorted(wanted))} has its breaker OPEN", min(w for _, w in waits.values())
+            return None, f"every tool with {', '.join(sorted(wanted))} is held (breaker OPEN or max_concurrency reached)", \
+                min(w for _, w in waits.values())
         best = min(usable, key=lambda name: (self.price(name), name))
         held = [name for name in able if name not in usable]
         why = f"has {', '.join(sorted(wanted))}; cheapest of {len(usable)} ({self.price(best):g} a run)"
