@@ -45,6 +45,8 @@ class RunStore:
         self._dirty: dict[tuple[str, str], None] = {}
         self._events: list[str] = []
         self._spare_dir: Path | None = None
+        self._pool: list[Path] = []  # spares holding a file's old text, free to take the next new one
+        self._made = 0
         self._last_at: str | None = None
 
     def read(self, kind: str, doc_id: str) -> Doc:
@@ -139,9 +141,43 @@ class RunStore:
         dirty = list(self._dirty)
         self._dirty.clear()
         if dirty:
-            _write_all([(self.root / path_of(kind, self.run, doc_id), self._docs[(kind, doc_id)]) for kind, doc_id in dirty],
-                       self._spares(), sync_files)
+            self._write_files([(self.root / path_of(kind, self.run, doc_id), self._docs[(kind, doc_id)]) for kind, doc_id in dirty],
+                              sync_files)
         return len(dirty)
+
+    def _write_files(self, files: list[tuple[Path, Doc]], sync: bool) -> None:
+        """Replace each file atomically. A new file is written under .git/ledger/ and renamed
+        into place. An existing one gets its new text in a spare from the pool, synced, and
+        swapped with the file by one renameat2(RENAME_EXCHANGE): the old text lands in the
+        spare, which goes back to the pool, so no block is ever freed. Replacing a file by
+        rename frees its blocks, ~2 ms a file where the file system discards on free,
+        against ~0.03 ms for the swap; and a pool as large as the largest batch, not a spare
+        a file, keeps file creation (slow on such a disk) to one a new file."""
+        spares = self._spares()
+        staged = []
+        for target, doc in files:
+            fresh = not target.exists()
+            if fresh or not self._pool:
+                self._made += 1
+                spare = spares / f"{'new' if fresh else 'spare'}-{self._made}"
+            else:
+                spare = self._pool.pop()
+            staged.append((_stage(spare, doc), target, fresh))
+        if sync and len(staged) >= SYNCFS_FROM:
+            _sync_filesystem(spares)
+        elif sync:
+            for spare, _, _ in staged:
+                fd = os.open(spare, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        for spare, target, fresh in staged:
+            if fresh:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(spare, target)
+            elif _swap(spare, target):
+                self._pool.append(spare)
 
     def _spares(self) -> Path:
         """Where the files' spares live: in the repository's git directory, on the same file
@@ -159,7 +195,7 @@ class RunStore:
         import shutil
 
         shutil.rmtree(self._spares(), ignore_errors=True)
-        self._spare_dir = None
+        self._spare_dir, self._pool = None, []
 
     @classmethod
     def load(cls, root: Path, run: str, autoflush: bool = False) -> "RunStore":
@@ -221,28 +257,6 @@ class RunStore:
                 self._dirty[key] = None
 
 
-def _write_all(files: list[tuple[Path, Doc]], spares: Path, sync: bool = True) -> None:
-    """Replace each file atomically: the new content goes into the file's spare (under
-    .git/ledger/, reused, so no block is freed), is synced, and is swapped with the file by
-    one renameat2(RENAME_EXCHANGE); the old content becomes the next spare. Replacing a file
-    by rename would free its blocks, which costs ~2 ms a file where the file system discards
-    on free, against ~0.03 ms for the swap."""
-    staged = [(_stage(spares / f"{target.parent.name}__{target.name}", doc), target) for target, doc in files]
-    if not sync:
-        pass
-    elif len(staged) >= SYNCFS_FROM:
-        _sync_filesystem(spares)
-    else:
-        for spare, _ in staged:
-            fd = os.open(spare, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for spare, target in staged:
-        _swap(spare, target)
-
-
 _compact = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode  # the C encoder
 
 
@@ -275,16 +289,11 @@ _EXCHANGE = 2  # RENAME_EXCHANGE
 _libc: Any = None
 
 
-def _swap(spare: Path, target: Path) -> None:
-    """`spare` becomes `target` atomically; `target`'s old content is left at `spare`."""
+def _swap(spare: Path, target: Path) -> bool:
+    """`spare` becomes `target` atomically, `target`'s old text left at `spare`: True; or,
+    where the exchange is not available (another OS or file system), `spare` replaces
+    `target`: False."""
     global _libc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.rename(spare, target)
-        # the next write's spare, made now: a new file's first write is mostly a run's
-        # start, one batch, while creating files amid a run's syncs costs ten times more
-        os.close(os.open(spare, os.O_WRONLY | os.O_CREAT, 0o644))
-        return
     if _libc is None:
         try:
             _libc = ctypes.CDLL(None, use_errno=True)
@@ -292,8 +301,9 @@ def _swap(spare: Path, target: Path) -> None:
         except (OSError, AttributeError):
             _libc = False
     if _libc and _libc.renameat2(-100, bytes(spare), -100, bytes(target), _EXCHANGE) == 0:
-        return
-    os.replace(spare, target)  # no exchange here (another OS, or another file system): the plain way
+        return True
+    os.replace(spare, target)
+    return False
 
 
 def _sync_filesystem(where: Path) -> None:
