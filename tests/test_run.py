@@ -240,8 +240,11 @@ def test_a_plan_runs_in_dependency_order_and_every_transition_lands_in_files_and
     workers = docs(repo, "worker")
     assert sorted(workers) == ["worker-1", "worker-2"] and all(w["state"] == "TERMINATED" for w in workers.values())
     assert all(isinstance(w["pid"], int) and not alive(w["pid"]) for w in workers.values())
+    # every task's output is in its worker's log, where its result says
     logs = repo / ".git" / "ledger" / "runs" / rid / "logs"
-    assert sorted(p.name for p in logs.iterdir()) == [f"{t}-1.log" for t in sorted(tasks)]
+    assert sorted(p.name for p in logs.iterdir()) == ["worker-1.log", "worker-2.log"]
+    assert all(doc["result"]["log"]["file"] in (f".git/ledger/runs/{rid}/logs/worker-{n}.log" for n in (1, 2))
+               for doc in tasks.values())
     assert_state_is_whole(repo)
     assert not [line for line in git(repo, "status", "--porcelain", "-uall").stdout.splitlines()
                 if not line.startswith(("?? .ledger/", "?? done/"))]
@@ -480,7 +483,9 @@ def test_output_is_logged_whole_under_git_dir_and_the_result_keeps_a_bounded_exc
     noisy = "sh -c 'seq 1 30000; echo to-stderr >&2; echo last line'"
     setup(repo, ws("a", task("noisy", noisy)))
     assert run_plan(repo).returncode == 0
-    log = (repo / ".git" / "ledger" / "runs" / run_id(repo) / "logs" / "noisy-1.log").read_text()
+    where = read(repo, "task", "noisy")["result"]["log"]
+    whole = (repo / where["file"]).read_bytes()
+    log = whole[where["offset"]:where["offset"] + where["length"]].decode()
     assert log.startswith("1\n2\n") and "30000\n" in log and "to-stderr\n" in log and log.endswith("last line\n")
     output = read(repo, "task", "noisy")["result"]["output"]
     assert 0 < len(output) <= 4000 and log.endswith(output)
@@ -578,10 +583,14 @@ def test_a_tool_that_always_fails_is_retried_then_failed_and_recorded(repo: Path
     assert run_plan(repo).returncode == 1
     doc = read(repo, "task", "t1")
     assert doc["state"] == "FAILED" and doc["attempts"] == 3 and done_lines(repo, "t1") == ["1", "2", "3"]
+    where = doc["result"].pop("log")
     assert doc["result"] == {"exit_code": 7, "timed_out": False, "output": "no luck\n"}
     assert "attempt 3 of 3 failed: exit code 7" in doc["history"][-1]["reason"]
-    assert sorted(p.name for p in (repo / ".git" / "ledger" / "runs" / run_id(repo) / "logs").iterdir()) == \
-        ["t1-1.log", "t1-2.log", "t1-3.log"]
+    # the three attempts' output is in the workers' logs; the result points at the last
+    logs = (repo / where["file"]).parent
+    assert sum(p.read_bytes().count(b"no luck\n") for p in logs.iterdir()) == 3
+    whole = (repo / where["file"]).read_bytes()
+    assert whole[where["offset"]:where["offset"] + where["length"]] == b"no luck\n"
 
 
 def test_a_child_that_outlives_its_tool_is_killed(repo: Path) -> None:

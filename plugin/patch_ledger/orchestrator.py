@@ -465,11 +465,11 @@ class Orchestrator:
             if task.workflow is not None:
                 job = self._phase_job(tid, attempt)
             else:
-                job = self.router.job(self.run, task, tool, attempt, self.worktrees.get(tid, self.root), self.logs)
+                job = self.router.job(self.run, task, tool, attempt, self.worktrees.get(tid, self.root))
             sent.setdefault(slot.id, []).append({**job, "task": tid, "attempt": attempt})
             slot.jobs.append((tid, attempt))
-        for worker_id, jobs in sent.items():  # one write a worker
-            self._send(self.slots[worker_id], *jobs)
+        for worker_id, jobs in sent.items():  # one write a worker; its output goes to the worker's log
+            self._send(self.slots[worker_id], *({**job, "log": str(self.logs / f"{worker_id}.log")} for job in jobs))
 
     def _full_tools(self) -> frozenset[str]:
         """The tools running as many jobs as their `max_concurrency` allows."""
@@ -508,8 +508,7 @@ class Orchestrator:
         task, wt = self.graph.tasks[tid], self.worktrees[tid]
         tool = self.store.read("task", tid).get("tool") or self.options.actor
         argv = [sys.executable, "-m", "patch_ledger.taskpatch", str(wt), self.base or "HEAD", tid, tool, task.title, *task.gates]
-        return {"argv": argv, "cwd": str(wt), "env": {}, "timeout": None, "log": str(self.logs / f"{tid}-{attempt}-patch.log"),
-                "task": tid, "attempt": attempt, "phase": "patch"}
+        return {"argv": argv, "cwd": str(wt), "env": {}, "timeout": None, "task": tid, "attempt": attempt, "phase": "patch"}
 
     def _finish_patch(self, tid: str, done: dict[str, Any]) -> None:
         result = taskpatch.result_of(done["excerpt"]) or {}
@@ -555,9 +554,8 @@ class Orchestrator:
         tool = phases[state]
         self.phase_tools[tid] = tool
         phase_task = task._replace(prompt=f"{task.prompt}\n\nPhase: {state} (you are the {roles[state]}).", tool=tool)
-        job = self.router.job(self.run, phase_task, tool, attempt, self.worktrees.get(tid, self.root), self.logs)
-        return {**job, "log": str(self.logs / f"{tid}-{attempt}-{state.lower()}.log"), "task": tid, "attempt": attempt,
-                "phase": f"workflow:{state}"}
+        job = self.router.job(self.run, phase_task, tool, attempt, self.worktrees.get(tid, self.root))
+        return {**job, "task": tid, "attempt": attempt, "phase": f"workflow:{state}"}
 
     def _finish_phase(self, tid: str, done: dict[str, Any], slot: Slot) -> None:
         """A phase ended: on to the next (the handoff recorded), back to IMPLEMENTATION after a
@@ -617,7 +615,8 @@ class Orchestrator:
         task = self.store.read("task", tid)
         cost = _summed(task.get("cost", {}), done.get("cost") or {})
         self._add_cost(tid, done.get("cost"))
-        result = {"exit_code": done["rc"], "timed_out": done["timed_out"], "output": done["excerpt"][-2000:]}
+        result = {"exit_code": done["rc"], "timed_out": done["timed_out"], "output": done["excerpt"][-2000:],
+                  "log": self._log_range(done)}
         if done.get("cost_problem"):
             result["cost_problem"] = done["cost_problem"]
         fields: dict[str, Any] = {"duration_s": round(done["duration"], 6), "result": result}
@@ -643,6 +642,16 @@ class Orchestrator:
         self.store.update("task", tid, fields)
         why = f"timed out after {done['duration']:.1f} s" if done["timed_out"] else f"exit code {done['rc']}"
         self._fail_attempt(tid, why)
+
+    def _log_range(self, done: dict[str, Any]) -> dict[str, Any]:
+        """Where the attempt's whole output is: its worker's log (a path from the repository's
+        top when it is inside it), the offset and length of its part."""
+        where = dict(done.get("log") or {})
+        try:
+            where["file"] = Path(where["file"]).resolve().relative_to(self.root.resolve()).as_posix()
+        except (KeyError, ValueError):
+            pass
+        return where
 
     def _fail_attempt(self, tid: str, why: str, immediate: bool = False) -> None:
         """RUNNING or VALIDATING -> RETRYING (with its next time) while attempts remain, else

@@ -121,7 +121,7 @@ class Router:
         why = f"has {', '.join(sorted(wanted))}; cheapest of {len(usable)} ({self.price(best):g} a run)"
         return best, why + (f"; {', '.join(held)} held by the breaker" if held else ""), 0.0
 
-    def job(self, run: str, task: dag.Task, tool_name: str | None, attempt: int, workdir: Path, logs: Path) -> dict[str, Any]:
+    def job(self, run: str, task: dag.Task, tool_name: str | None, attempt: int, workdir: Path) -> dict[str, Any]:
         """What a worker runs for one attempt of `task`."""
         env = {"LEDGER_RUN": run, "LEDGER_TASK": task.id, "LEDGER_ATTEMPT": str(attempt), "LEDGER_WORKSTREAM": task.workstream}
         timeout, pattern = task.timeout, None
@@ -135,8 +135,7 @@ class Router:
             env.update(tool.get("env", {}))
             timeout = timeout or tool.get("timeout")
             pattern = tool.get("cost", {}).get("pattern")
-        return {"argv": argv, "cwd": str(workdir), "env": env, "timeout": timeout, "log": str(logs / f"{task.id}-{attempt}.log"),
-                "cost_pattern": pattern}
+        return {"argv": argv, "cwd": str(workdir), "env": env, "timeout": timeout, "cost_pattern": pattern}
 
 
 def _age(stamp: str) -> float:

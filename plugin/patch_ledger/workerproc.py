@@ -84,16 +84,21 @@ def _run_jobs(jobs: "queue.Queue[dict[str, Any] | None]", current: dict[str, int
 
 
 def run_job(job: dict[str, Any], current: dict[str, int]) -> dict[str, Any]:
+    """Run one job, its output appended to the worker's log (`job["log"]`): one file a worker,
+    not one a job, since creating a file costs as much as a short job on some disks. The
+    `done` message says where in the log the job's output is."""
     log = Path(job["log"])
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
+        first = out.tell()
         try:
             proc = subprocess.Popen(job["argv"], cwd=job.get("cwd"), env={**os.environ, **job.get("env", {})},
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         except (OSError, ValueError, IndexError) as e:  # no such program, a NUL in an argument, nothing to run
             out.write(f"could not start {job['argv'][:1]!r}: {getattr(e, 'strerror', None) or e}\n".encode())
-            return _done(job, 127, False, time.monotonic() - start, log)
+            out.flush()
+            return _done(job, 127, False, time.monotonic() - start, log, first)
         current["pgid"] = proc.pid
         say({"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": proc.pid, "at": stamp()})
         timed_out = False
@@ -101,10 +106,10 @@ def run_job(job: dict[str, Any], current: dict[str, int]) -> dict[str, Any]:
             proc.wait(timeout=job.get("timeout"))
         except subprocess.TimeoutExpired:
             timed_out = True
-        _kill(proc.pid)
+        _kill(proc.pid)  # its whole group: nothing of it writes to the log after this
         returncode = proc.wait()
         current.pop("pgid", None)
-    return _done(job, returncode, timed_out, time.monotonic() - start, log)
+    return _done(job, returncode, timed_out, time.monotonic() - start, log, first)
 
 
 def _kill(pgid: int) -> None:
@@ -114,19 +119,22 @@ def _kill(pgid: int) -> None:
         pass
 
 
-def _done(job: dict[str, Any], returncode: int, timed_out: bool, duration: float, log: Path) -> dict[str, Any]:
-    tail = _tail(log, SCAN_BYTES) if log.stat().st_size else b""
+def _done(job: dict[str, Any], returncode: int, timed_out: bool, duration: float, log: Path, first: int) -> dict[str, Any]:
+    end = log.stat().st_size
+    tail = _read(log, max(first, end - SCAN_BYTES), end)
     cost, problem = parse_cost(tail, job.get("cost_pattern"))
     text = tail[-EXCERPT_BYTES:].decode("utf-8", "replace")
     return {"done": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "rc": returncode, "timed_out": timed_out,
-            "duration": round(duration, 6), "excerpt": text, "cost": cost, "cost_problem": problem, "at": stamp()}
+            "duration": round(duration, 6), "excerpt": text, "cost": cost, "cost_problem": problem, "at": stamp(),
+            "log": {"file": str(log), "offset": first, "length": end - first}}
 
 
-def _tail(path: Path, size: int) -> bytes:
+def _read(path: Path, start: int, end: int) -> bytes:
+    if end <= start:
+        return b""
     with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - size))
-        return f.read()
+        f.seek(start)
+        return f.read(end - start)
 
 
 def parse_cost(output: bytes, pattern: str | None) -> tuple[dict[str, Any] | None, str | None]:
