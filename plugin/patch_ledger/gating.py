@@ -8,6 +8,7 @@ import importlib
 import os
 import math
 import re
+import signal
 import sys
 import threading
 import time
@@ -397,13 +398,22 @@ def run(root: Path, found: Plugins, gates: Sequence[Gate], target: Target, shard
 def _run_recorded(root: Path, found: Plugins, gate: Gate, target: Target, part: tuple[int, int],
                   doc: dict[str, Any], actor: str) -> dict[str, Any]:
     doc = results.step(doc, "RUNNING", actor, "started")
-    tip = results.save(root, doc, None)
-    timeout = min(float(gate.timeout or DEFAULT_TIMEOUT_S), MAX_TIMEOUT_S)
-    log = log_dir(root) / f"{target.patch[:12]}-{gate.name}-{doc['id']}.log"
-    work = Work(target.checkout, root, target.patch, target.base, target.diff, target.paths, part, timeout, log,
-                tuple(earlier(root, gate.name)))
-    start = time.monotonic()
+    # a Ctrl-C while RUNNING is being written waits until the handler below is in place
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if _main_thread() else None
     try:
+        tip = results.save(root, doc, None)
+    except BaseException:
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
+    start = time.monotonic()
+    try:  # from the moment it is RUNNING in the ledger
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        timeout = min(float(gate.timeout or DEFAULT_TIMEOUT_S), MAX_TIMEOUT_S)
+        log = log_dir(root) / f"{target.patch[:12]}-{gate.name}-{doc['id']}.log"
+        work = Work(target.checkout, root, target.patch, target.base, target.diff, target.paths, part, timeout, log,
+                    tuple(earlier(root, gate.name)))
         outcome = run_one(found, gate, work)
     except BaseException:  # interrupted: the attempt says so rather than staying RUNNING
         results.save(root, results.step(doc, "FAILED", actor, "interrupted before it finished"), tip)
@@ -411,6 +421,10 @@ def _run_recorded(root: Path, found: Plugins, gate: Gate, target: Target, part: 
     doc = finish(doc, outcome, time.monotonic() - start, actor)
     results.save(root, doc, tip)
     return doc
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
 
 
 def finish(doc: Mapping[str, Any], outcome: Outcome, duration_s: float, actor: str) -> dict[str, Any]:
