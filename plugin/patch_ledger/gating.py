@@ -494,5 +494,4 @@ def earlier(root: Path, gate: str) -> list[dict[str, Any]]:
 
 
 def log_dir(root: Path) -> Path:
-    common = Path(git.run(root, "rev-parse", "--git-common-dir").stdout.decode().strip())
-    return (common if common.is_absolute() else root / common) / "ledger" / "logs"
+    return git.common_dir(root) / "ledger" / "logs"

@@ -39,6 +39,12 @@ def toplevel(cwd: Path | str) -> Path:
     return Path(proc.stdout.decode().strip())
 
 
+def common_dir(root: Path) -> Path:
+    """The repository's git directory that all its worktrees share (where .git/ledger/ lives)."""
+    common = Path(run(root, "rev-parse", "--git-common-dir").stdout.decode().strip())
+    return (common if common.is_absolute() else Path(root) / common).resolve()
+
+
 def commit_of(root: Path, rev: str) -> str | None:
     """The commit `rev` names, or None when it names none (e.g. HEAD before the first commit)."""
     proc = run(root, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}", check=False)

@@ -196,8 +196,16 @@ def _difference(old: Any, new: Any) -> str:
     return "; ".join(f"{k}: {old.get(k)!r} became {new.get(k)!r}" for k in keys)
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def now(later_s: float = 0.0) -> str:
+    """The time now (or `later_s` seconds from now) as the schemas write it."""
+    moment = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=later_s)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def seconds(stamp: str) -> float:
+    """Seconds since 1970 of a stamp of the schemas' form, its fraction kept."""
+    _, _, fraction = stamp.rstrip("Z").partition(".")
+    return epoch(stamp) + float(f"0.{fraction or 0}")
 
 
 def new_document(kind: str, doc_id: str, actor: str, reason: str = "created", at: str | None = None,

@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -75,21 +74,11 @@ def retry_delay(task: str, attempt: int, base: float) -> float:
     return delay * (1 + 0.5 * int.from_bytes(digest[:4], "big") / 2**32)
 
 
-def _later(seconds: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _seconds_until(stamp: str) -> float:
-    when = datetime.strptime(stamp[:26].rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=timezone.utc) \
-        if "." in stamp else datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    return (when - datetime.now(timezone.utc)).total_seconds()
-
-
 class Orchestrator:
     def __init__(self, root: Path, graph: dag.Graph, store: RunStore, options: Options) -> None:
         self.root, self.graph, self.store, self.options = root, graph, store, options
         self.router = router.Router(root, graph.tools, store)
-        self.logs = router.git_dir(root) / "ledger" / "runs" / store.run / "logs"
+        self.logs = git.common_dir(root) / "ledger" / "runs" / store.run / "logs"
         self.routes: dict[str, tuple[str | None, str]] = {}  # task -> (tool, why) of its attempt out
         self.parked: list[tuple[float, str]] = []  # tasks held back by their tool's breaker
         self.base: str | None = store.read("run", store.run).get("base")
@@ -220,7 +209,7 @@ class Orchestrator:
                 self._push_ready(tid)
             elif state == "RETRYING":
                 when = self.store.read("task", tid).get("next_retry_at")
-                heapq.heappush(self.retries, (time.monotonic() + max(0.0, _seconds_until(when)) if when else 0.0, tid))
+                heapq.heappush(self.retries, (time.monotonic() + max(0.0, machine.seconds(when) - time.time()) if when else 0.0, tid))
             elif state == "PENDING":
                 self._queue_if_ready(tid)
         for tid in self.graph.tasks:
@@ -231,7 +220,7 @@ class Orchestrator:
 
     def _clear_worktrees(self, why: str) -> None:
         """Worktrees of this run no attempt is using: their changes recorded, then removed."""
-        where = router.git_dir(self.root) / "ledger" / "worktrees" / self.run
+        where = git.common_dir(self.root) / "ledger" / "worktrees" / self.run
         for wt in sorted(where.glob("*")) if where.is_dir() else ():
             tid = wt.name.rsplit("-", 1)[0]
             if wt not in self.worktrees.values() and tid in self.graph.tasks:
@@ -497,7 +486,7 @@ class Orchestrator:
 
     def _new_worktree(self, tid: str, attempt: int) -> Path:
         """The task's own checkout of the run's base: nothing outside it is touched by the task."""
-        where = router.git_dir(self.root) / "ledger" / "worktrees" / self.run / f"{tid}-{attempt}"
+        where = git.common_dir(self.root) / "ledger" / "worktrees" / self.run / f"{tid}-{attempt}"
         if where.exists():
             self._drop_worktree(where, tid, "left by an earlier attempt")
         where.parent.mkdir(parents=True, exist_ok=True)
@@ -662,7 +651,7 @@ class Orchestrator:
         lost = task.get("interruptions", 0) + (1 if immediate else 0)
         if task["attempts"] < task["max_attempts"] + lost:
             delay = 0.0 if immediate else retry_delay(tid, task["attempts"], spec.retry_delay_s)
-            fields: dict[str, Any] = {"next_retry_at": _later(delay)}
+            fields: dict[str, Any] = {"next_retry_at": machine.now(delay)}
             if immediate:
                 fields["interruptions"] = lost
             self._move_task(tid, "RETRYING", f"attempt {task['attempts']} failed: {why}; again in {delay:.1f} s", fields)

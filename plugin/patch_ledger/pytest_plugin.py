@@ -35,10 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def shard_of(text: str) -> tuple[int, int]:
-    index, sep, count = text.partition("/")
-    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+    from patch_ledger.results import parse_shard  # only a run given --ledger-shard pays for it
+
+    shard = parse_shard(text)
+    if shard is None:
         raise pytest.UsageError(f"--ledger-shard {text!r}: write I/N with 1 <= I <= N, e.g. 2/4")
-    return int(index), int(count)
+    return shard
 
 
 def in_shard(node_id: str, index: int, count: int) -> bool:

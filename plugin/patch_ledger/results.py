@@ -116,7 +116,7 @@ def _checked(v: dict[str, str | None], tip: str, tree: str) -> Result:
         raise ValueError(f"Ledger-Format {v['format']} is not one this patch-ledger reads ({ledger.FORMAT})")
     if not v["patch"] or not ledger.ID.match(v["patch"]):
         raise ValueError(f"Ledger-Patch {v['patch']!r} is not a patch id")
-    if not v["gate"] or not v["id"] or not v["shard"] or not _shard_form(v["shard"]):
+    if not v["gate"] or not v["id"] or not v["shard"] or not parse_shard(v["shard"]):
         raise ValueError("Ledger-Gate, Ledger-Attempt and Ledger-Shard (I/N) are required")
     if v["state"] not in m.states or (v["source"] is not None and v["source"] not in m.states):
         raise ValueError(f"Ledger-State {v['state']!r} (from {v['source']!r}) is not a Test gate state")
@@ -150,9 +150,11 @@ def disagreement(said: Result, block: str, doc: Mapping[str, Any]) -> str | None
     return None
 
 
-def _shard_form(text: str) -> bool:
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """(I, N) of a shard written I/N with 1 <= I <= N; None when it is not one."""
     index, sep, count = text.partition("/")
-    return bool(sep) and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)
+    ok = bool(sep) and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)
+    return (int(index), int(count)) if ok else None
 
 
 # --- reading ----------------------------------------------------------------------------

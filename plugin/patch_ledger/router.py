@@ -13,7 +13,7 @@ when it fails. It also keeps the sums of what the tool's runs cost: the router's
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,7 +51,7 @@ class Router:
             return True, 0.0
         if doc["state"] == "HALF_OPEN":
             return tool not in self.probing, 1.0
-        left = doc.get("cooldown_s", DEFAULT_COOLDOWN_S) - _age(doc.get("opened_at") or doc["history"][-1]["at"])
+        left = doc.get("cooldown_s", DEFAULT_COOLDOWN_S) - (time.time() - machine.seconds(doc.get("opened_at") or doc["history"][-1]["at"]))
         return left <= 0, max(left, 0.05)
 
     def dispatched(self, tool: str) -> None:
@@ -137,15 +137,3 @@ class Router:
             pattern = tool.get("cost", {}).get("pattern")
         return {"argv": argv, "cwd": str(workdir), "env": env, "timeout": timeout, "cost_pattern": pattern}
 
-
-def _age(stamp: str) -> float:
-    whole, _, fraction = stamp.rstrip("Z").partition(".")
-    when = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp() + float(f"0.{fraction or 0}")
-    return datetime.now(timezone.utc).timestamp() - when
-
-
-def git_dir(root: Path) -> Path:
-    from patch_ledger import git
-
-    common = Path(git.run(root, "rev-parse", "--git-common-dir").stdout.decode().strip())
-    return common if common.is_absolute() else root / common

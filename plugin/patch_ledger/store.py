@@ -185,8 +185,7 @@ class RunStore:
         if self._spare_dir is None:
             from patch_ledger import git
 
-            common = Path(git.run(self.root, "rev-parse", "--git-common-dir").stdout.decode().strip())
-            self._spare_dir = (common if common.is_absolute() else self.root / common) / "ledger" / "spares" / self.run
+            self._spare_dir = git.common_dir(self.root) / "ledger" / "spares" / self.run
             self._spare_dir.mkdir(parents=True, exist_ok=True)
         return self._spare_dir
 

@@ -203,15 +203,9 @@ def _checkout(root: Path, worktree: str | None) -> Path:
     top = git.toplevel(worktree)
     if top.resolve() != Path(worktree).resolve():
         raise LedgerError(f"--worktree {worktree}: not the top of a checkout ({top} is); pass the checkout's directory")
-    if _common_dir(top) != _common_dir(root):
+    if git.common_dir(top) != git.common_dir(root):
         raise LedgerError(f"--worktree {worktree}: a checkout of another repository; pass a worktree of this one (`git worktree add DIR`)")
     return top
-
-
-def _common_dir(checkout: Path) -> Path:
-    """The repository a checkout belongs to: every worktree of one repository shares it."""
-    common = Path(git.run(checkout, "rev-parse", "--git-common-dir").stdout.decode().strip())
-    return (common if common.is_absolute() else checkout / common).resolve()
 
 
 def _names(items: Sequence[str], quote: bool = True) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any, Mapping, Sequence
 
-from patch_ledger import gating, git, targets
+from patch_ledger import gating, git, results, targets
 from patch_ledger.commands.patch import actor_of
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.report import emit
@@ -79,9 +79,9 @@ def _print_result(doc: Mapping[str, Any], width: int) -> None:
 def parse_shard(text: str | None) -> tuple[int, int]:
     if text is None:
         return (1, 1)
-    index, sep, count = text.partition("/")
-    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count) <= 1000):
+    shard = results.parse_shard(text)
+    if shard is None or shard[1] > 1000:
         raise LedgerError(f"--shard {text!r}: write I/N with 1 <= I <= N <= 1000, e.g. 2/4")
-    return int(index), int(count)
+    return shard
 
 
