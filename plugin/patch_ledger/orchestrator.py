@@ -109,6 +109,7 @@ class Orchestrator:
         for tid, spec in graph.tasks.items():
             self.costs[spec.workstream] = _summed(self.costs[spec.workstream], self.store.read("task", tid).get("cost", {}))
         self.touched: set[str] = set(graph.workstreams)  # workstreams whose tasks moved since the last flush
+        self._shown_paths: dict[str, str] = {}
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -636,11 +637,16 @@ class Orchestrator:
         """Where the attempt's whole output is: its worker's log (a path from the repository's
         top when it is inside it), the offset and length of its part."""
         where = dict(done.get("log") or {})
-        try:
-            where["file"] = Path(where["file"]).resolve().relative_to(self.root.resolve()).as_posix()
-        except (KeyError, ValueError):
-            pass
+        if "file" in where:
+            where["file"] = self._shown_paths.get(where["file"]) or self._shown_paths.setdefault(where["file"], self._shown(where["file"]))
         return where
+
+    def _shown(self, path: str) -> str:
+        """A log's path as a task's result shows it (one of a few files: resolved once each)."""
+        try:
+            return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return path
 
     def _fail_attempt(self, tid: str, why: str, immediate: bool = False) -> None:
         """RUNNING or VALIDATING -> RETRYING (with its next time) while attempts remain, else

@@ -15,101 +15,145 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
+import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 COST_KEY = "ledger_cost"  # a tool's cost line: {"ledger_cost": {"tokens": 1200, "money": 0.03}}
 SCAN_BYTES = 1 << 20  # of a log, the end that is searched for cost lines
 EXCERPT_BYTES = 4000
 
-_write_lock = threading.Lock()
-
 
 def say(message: dict[str, Any]) -> None:
-    line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-    with _write_lock:
-        os.write(1, line)
+    os.write(1, (json.dumps(message, separators=(",", ":")) + "\n").encode())
 
 
 def stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class Running(NamedTuple):
+    job: dict[str, Any]
+    proc: subprocess.Popen[bytes]
+    started: float
+    deadline: float
+    log: int  # the log's descriptor
+    first: int  # where the job's output starts in it
+
+
+class Worker:
+    """One thread and one loop: jobs arrive on standard input, a job's end wakes the loop
+    through SIGCHLD (written to a pipe by the interpreter), and a beat goes out on time.
+    Threads cost more here than the jobs: a queue between two threads is a few switches of
+    the interpreter's lock a job, for a job that may take a millisecond."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.jobs: deque[dict[str, Any]] = deque()
+        self.running: Running | None = None
+        self.stopping = False  # {"stop": true}: drain; the job running finishes, waiting ones are dropped
+        self.buffer = b""
+        self.logs: dict[str, int] = {}  # one log a worker, opened once
+        self.next_beat = 0.0
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.wake = wake_r
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(0, selectors.EVENT_READ)
+        self.selector.register(wake_r, selectors.EVENT_READ)
+
+    def serve(self) -> None:
+        while True:
+            now = time.monotonic()
+            if now >= self.next_beat:
+                say({"beat": stamp()})
+                self.next_beat = now + self.interval
+            while self.running is None and self.jobs:
+                self._start(self.jobs.popleft())
+            until = min(self.next_beat, self.running.deadline if self.running else self.next_beat)
+            for key, _ in self.selector.select(max(0.0, until - time.monotonic())):
+                if key.fd == 0 and not self._read_jobs():
+                    return
+                if key.fd == self.wake:
+                    _drain(self.wake)
+            if self.running is not None:
+                self._reap()
+
+    def _read_jobs(self) -> bool:
+        """False when standard input closed: the scheduler is gone or done."""
+        data = os.read(0, 1 << 16)
+        if not data:
+            if self.running is not None:
+                _kill(self.running.proc.pid)  # nothing we started outlives us
+            return False
+        *lines, self.buffer = (self.buffer + data).split(b"\n")
+        for line in filter(bytes.strip, lines):
+            message = json.loads(line)
+            if message.get("stop"):
+                self.stopping = True
+            else:
+                self.jobs.append(message)
+        return True
+
+    def _start(self, job: dict[str, Any]) -> None:
+        if self.stopping:
+            say({"dropped": job["task"], "attempt": job["attempt"], "phase": job.get("phase")})
+            return
+        log = self._log(job["log"])
+        first = os.fstat(log).st_size
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(job["argv"], cwd=job.get("cwd"), env={**os.environ, **job["env"]} if job.get("env") else None,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except (OSError, ValueError, IndexError) as e:  # no such program, a NUL in an argument, nothing to run
+            os.write(log, f"could not start {job['argv'][:1]!r}: {getattr(e, 'strerror', None) or e}\n".encode())
+            say(_done(job, 127, False, time.monotonic() - started, log, first))
+            return
+        say({"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": proc.pid, "at": stamp()})
+        timeout = job.get("timeout")
+        self.running = Running(job, proc, started, started + timeout if timeout else float("inf"), log, first)
+
+    def _reap(self) -> None:
+        r = self.running
+        assert r is not None
+        timed_out = r.proc.poll() is None and time.monotonic() >= r.deadline
+        if r.proc.returncode is None and not timed_out:
+            return
+        _kill(r.proc.pid)  # its whole group: nothing of it writes to the log after this
+        returncode = r.proc.wait()
+        self.running = None
+        say(_done(r.job, returncode, timed_out, time.monotonic() - r.started, r.log, r.first))
+
+    def _log(self, path: str) -> int:
+        if path not in self.logs:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.logs[path] = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        return self.logs[path]
+
+
 def main(interval: float) -> None:
     # Ctrl-C at a terminal reaches the whole process group: the scheduler drains, and its
     # workers must let their jobs finish rather than die with them
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
-    current: dict[str, int] = {}  # "pgid" of the job running now
-    stop = threading.Event()  # {"stop": true}: drain; the job running finishes, waiting ones are dropped
-    threading.Thread(target=_run_jobs, args=(jobs, current, stop), daemon=True).start()
-    threading.Thread(target=_beat, args=(interval,), daemon=True).start()
-    for line in sys.stdin.buffer:
-        if line.strip():
-            message = json.loads(line)
-            if message.get("stop"):
-                stop.set()
-            else:
-                jobs.put(message)
-    # standard input closed: the scheduler is gone or done; nothing we started outlives us
-    pgid = current.get("pgid")
-    if pgid:
-        _kill(pgid)
+    Worker(interval).serve()
     os._exit(0)
 
 
-def _beat(interval: float) -> None:
-    while True:
-        say({"beat": stamp()})
-        time.sleep(interval)
-
-
-def _run_jobs(jobs: "queue.Queue[dict[str, Any] | None]", current: dict[str, int], stop: threading.Event) -> None:
-    while True:
-        job = jobs.get()
-        if job is None:
-            return
-        if stop.is_set():
-            say({"dropped": job["task"], "attempt": job["attempt"], "phase": job.get("phase")})
-            continue
-        say(run_job(job, current))
-
-
-def run_job(job: dict[str, Any], current: dict[str, int]) -> dict[str, Any]:
-    """Run one job, its output appended to the worker's log (`job["log"]`): one file a worker,
-    not one a job, since creating a file costs as much as a short job on some disks. The
-    `done` message says where in the log the job's output is."""
-    log = Path(job["log"])
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(log, "ab") as out:
-        first = out.tell()
-        try:
-            proc = subprocess.Popen(job["argv"], cwd=job.get("cwd"), env={**os.environ, **job.get("env", {})},
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        except (OSError, ValueError, IndexError) as e:  # no such program, a NUL in an argument, nothing to run
-            out.write(f"could not start {job['argv'][:1]!r}: {getattr(e, 'strerror', None) or e}\n".encode())
-            out.flush()
-            return _done(job, 127, False, time.monotonic() - start, log, first)
-        current["pgid"] = proc.pid
-        say({"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": proc.pid, "at": stamp()})
-        timed_out = False
-        try:
-            proc.wait(timeout=job.get("timeout"))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        _kill(proc.pid)  # its whole group: nothing of it writes to the log after this
-        returncode = proc.wait()
-        current.pop("pgid", None)
-    return _done(job, returncode, timed_out, time.monotonic() - start, log, first)
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _kill(pgid: int) -> None:
@@ -119,22 +163,16 @@ def _kill(pgid: int) -> None:
         pass
 
 
-def _done(job: dict[str, Any], returncode: int, timed_out: bool, duration: float, log: Path, first: int) -> dict[str, Any]:
-    end = log.stat().st_size
-    tail = _read(log, max(first, end - SCAN_BYTES), end)
-    cost, problem = parse_cost(tail, job.get("cost_pattern"))
-    text = tail[-EXCERPT_BYTES:].decode("utf-8", "replace")
+def _done(job: dict[str, Any], returncode: int, timed_out: bool, duration: float, log: int, first: int) -> dict[str, Any]:
+    """The `done` message: where in the log the job's output is, an excerpt of it, and the
+    cost it reported (a job that wrote nothing costs no read)."""
+    end = os.fstat(log).st_size
+    scan = max(first, end - SCAN_BYTES)
+    tail = os.pread(log, end - scan, scan) if end > first else b""
+    cost, problem = parse_cost(tail, job.get("cost_pattern")) if tail else (None, None)
     return {"done": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "rc": returncode, "timed_out": timed_out,
-            "duration": round(duration, 6), "excerpt": text, "cost": cost, "cost_problem": problem, "at": stamp(),
-            "log": {"file": str(log), "offset": first, "length": end - first}}
-
-
-def _read(path: Path, start: int, end: int) -> bytes:
-    if end <= start:
-        return b""
-    with open(path, "rb") as f:
-        f.seek(start)
-        return f.read(end - start)
+            "duration": round(duration, 6), "excerpt": tail[-EXCERPT_BYTES:].decode("utf-8", "replace"), "cost": cost,
+            "cost_problem": problem, "at": stamp(), "log": {"file": job["log"], "offset": first, "length": end - first}}
 
 
 def parse_cost(output: bytes, pattern: str | None) -> tuple[dict[str, Any] | None, str | None]:
