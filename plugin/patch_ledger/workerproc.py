@@ -17,6 +17,7 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,7 @@ class Worker:
         self.stopping = False  # {"stop": true}: drain; the job running finishes, waiting ones are dropped
         self.buffer = b""
         self.logs: dict[str, int] = {}  # one log a worker, opened once
+        self.programs: dict[tuple[str, str], str | None] = {}
         self.next_beat = 0.0
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
@@ -112,8 +114,9 @@ class Worker:
         first = os.fstat(log).st_size
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(job["argv"], cwd=job.get("cwd"), env={**os.environ, **job["env"]} if job.get("env") else None,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env = {**os.environ, **job["env"]} if job.get("env") else None
+            proc = subprocess.Popen(job["argv"], executable=self._program(job["argv"][0], env), cwd=job.get("cwd"),
+                                    env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         except (OSError, ValueError, IndexError) as e:  # no such program, a NUL in an argument, nothing to run
             os.write(log, f"could not start {job['argv'][:1]!r}: {getattr(e, 'strerror', None) or e}\n".encode())
             say(_done(job, 127, False, time.monotonic() - started, log, first))
@@ -132,6 +135,17 @@ class Worker:
         returncode = r.proc.wait()
         self.running = None
         say(_done(r.job, returncode, timed_out, time.monotonic() - r.started, r.log, r.first))
+
+    def _program(self, name: str, env: dict[str, str] | None) -> str | None:
+        """Where a bare program name is on PATH, looked up once a name and PATH: exec's own
+        search tries every directory before the right one, for every job."""
+        if os.sep in name:
+            return None  # a path: resolved against the job's directory by exec itself
+        path = (env or os.environ).get("PATH", os.defpath)
+        key = (name, path)
+        if key not in self.programs:
+            self.programs[key] = shutil.which(name, path=path)
+        return self.programs[key]
 
     def _log(self, path: str) -> int:
         if path not in self.logs:
