@@ -379,13 +379,19 @@ def test_a_bad_plan_is_one_line_naming_plan_and_entry_exit_2_and_nothing_runs(re
     assert not (repo / ".git" / "ledger").exists()
 
 
-def test_resuming_what_cannot_be_resumed_is_a_one_line_error(repo: Path) -> None:
+def test_resuming_no_such_run_is_a_one_line_error_and_a_finished_run_runs_nothing(repo: Path) -> None:
     setup(repo, ws("a", task("t1")))
     result = ledger(repo, "run", "--resume", "no-such-run")
     assert result.returncode == 2 and "no-such-run" in result.stderr and result.stderr.count("\n") == 1
     assert run_plan(repo).returncode == 0
+    run_dir = repo / ".ledger" / "runs" / run_id(repo)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     again = ledger(repo, "run", "--resume", run_id(repo))
-    assert again.returncode == 2 and "COMPLETED" in again.stderr and done_lines(repo, "t1") == ["1"]
+    # a kill that landed after the run's last write leaves a finished run: its resume says so
+    # and succeeds, running and writing nothing
+    assert again.returncode == 0 and "already finished (COMPLETED)" in again.stdout, again
+    assert done_lines(repo, "t1") == ["1"]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 # --- routing ------------------------------------------------------------------------------

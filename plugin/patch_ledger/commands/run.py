@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from patch_ledger import config, dag, git, plans, router
+from patch_ledger import config, dag, git, machine, plans, router
 from patch_ledger.commands.patch import actor_of
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
-from patch_ledger.orchestrator import Options, Orchestrator
+from patch_ledger.orchestrator import Options, Orchestrator, Summary
 from patch_ledger.report import emit
 from patch_ledger.store import RunStore, path_of
 
@@ -39,11 +40,21 @@ def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: b
         store.update("run", store.run, {"budget": budget})
     run_budget = budget if budget is not None else store.read("run", store.run).get("budget")
     options = Options(workers, run_budget, heartbeat, fmt == "text" and sys.stderr.isatty(), who)
-    summary = Orchestrator(root, graph, store, options).execute()
+    if store.read("run", store.run)["state"] in machine.load("run").terminal:
+        summary = _already_finished(store)  # a kill that landed after the run's last write: nothing to do
+    else:
+        summary = Orchestrator(root, graph, store, options).execute()
     if options.progress:
         sys.stderr.write("\n")
     emit(fmt, summary._asdict(), lambda s: _text(s))
     return OK if summary.state == "COMPLETED" else CHECK_FAILED
+
+
+def _already_finished(store: RunStore) -> Summary:
+    run = store.read("run", store.run)
+    counts = Counter(t["state"] for t in store.docs("task"))
+    return Summary(store.run, run["state"], dict(sorted(counts.items())), run.get("cost", {}), 0.0,
+                   f"the run had already finished ({run['state']}); nothing was run")
 
 
 def plan_path_of(root: Path, given: str) -> str:
@@ -106,8 +117,6 @@ def _resumed(root: Path, run_id: str) -> tuple[RunStore, str]:
         run = store.read("run", run_id)
     except (OSError, ValueError):
         raise LedgerError(f"--resume {run_id}: neither run.json nor its event log holds the run; start it again") from None
-    if run["state"] in ("COMPLETED", "FAILED", "CANCELLED"):
-        raise LedgerError(f"--resume {run_id}: the run is {run['state']}, a final state; start a new run of its plan")
     return store, run["plan"]
 
 
