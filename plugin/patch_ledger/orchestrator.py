@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import json
 import os
-import selectors
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +25,7 @@ from typing import Any, NamedTuple
 
 from patch_ledger import dag, git, machine, patches, router, taskpatch
 from patch_ledger.errors import LedgerError
+from patch_ledger.pool import Pool, Slot
 from patch_ledger.store import RunStore
 
 LOOKAHEAD = 2  # jobs a worker holds: the one it runs and the next
@@ -43,18 +41,6 @@ class Options(NamedTuple):
     heartbeat_s: float = 1.0
     progress: bool = False  # a live line on a terminal
     actor: str = ACTOR
-
-
-class Slot:
-    """One worker process and what it holds."""
-
-    def __init__(self, worker_id: str, proc: subprocess.Popen[bytes]) -> None:
-        self.id, self.proc = worker_id, proc
-        self.jobs: list[tuple[str, int]] = []  # (task, attempt) sent, not done; the first runs
-        self.running: tuple[str, int, int] | None = None  # (task, attempt, pid) once started
-        self.last_beat = time.monotonic()
-        self.buffer = b""
-        self.alive = True
 
 
 class Summary(NamedTuple):
@@ -91,8 +77,8 @@ class Orchestrator:
         self.dependents = graph.dependents()
         self.ready: list[tuple[int, int, str]] = []
         self.retries: list[tuple[float, str]] = []
-        self.slots: dict[str, Slot] = {}
-        self.selector = selectors.DefaultSelector()
+        self.pool = Pool(root, options.heartbeat_s)
+        self.slots = self.pool.slots  # worker id -> its Slot, as long as it is one of the pool
         self.draining = False
         self.interrupted = False  # Ctrl-C seen; the loop starts draining
         self.note = ""
@@ -126,8 +112,7 @@ class Orchestrator:
                 self._step()
             self._close()
         finally:
-            for slot in list(self.slots.values()):
-                self._kill(slot)
+            self.pool.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         return self._summary()
@@ -142,7 +127,7 @@ class Orchestrator:
         self.draining = True
         self.note = "draining on Ctrl-C: running tasks finish, nothing new starts (Ctrl-C again stops at once)"
         for slot in self.slots.values():
-            self._send(slot, {"stop": True})
+            self.pool.send(slot, {"stop": True})
             if self.store.read("worker", slot.id)["state"] in ("IDLE", "BUSY"):
                 self.store.move("worker", slot.id, "DRAINING", self.options.actor, "Ctrl-C: finishing its job, taking no more",
                                 fields={"task": None})
@@ -151,8 +136,11 @@ class Orchestrator:
         if self.interrupted and not self.draining:
             self._start_draining()
         timeout = self._timeout()
-        for key, _ in self.selector.select(timeout):
-            self._read(key.data)
+        for slot, message in self.pool.messages(timeout):
+            if message is None:
+                self._lost(slot, f"{slot.id} exited unexpectedly")
+            elif slot.id in self.slots:  # not one lost a message ago
+                self._handle(slot, message)
         now = time.monotonic()
         while self.retries and self.retries[0][0] <= now and not self.draining:
             _, tid = heapq.heappop(self.retries)
@@ -260,38 +248,10 @@ class Orchestrator:
 
     def _spawn(self) -> Slot:
         self.worker_count += 1
-        worker_id = f"worker-{self.worker_count}"
-        proc = subprocess.Popen([sys.executable, "-m", "patch_ledger.workerproc", str(self.options.heartbeat_s)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.root)
-        os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
-        slot = Slot(worker_id, proc)
-        self.slots[worker_id] = slot
-        self.selector.register(proc.stdout, selectors.EVENT_READ, slot)  # type: ignore[arg-type]
-        self.store.create("worker", worker_id, self.options.actor, fields={"run": self.run, "host": os.uname().nodename,
-                                                                           "pid": proc.pid})
+        slot = self.pool.spawn(f"worker-{self.worker_count}")
+        self.store.create("worker", slot.id, self.options.actor, fields={"run": self.run, "host": os.uname().nodename,
+                                                                         "pid": slot.proc.pid})
         return slot
-
-    def _send(self, slot: Slot, *messages: dict[str, Any]) -> None:
-        try:
-            slot.proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())  # type: ignore[union-attr]
-            slot.proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError):
-            slot.alive = False
-
-    def _read(self, slot: Slot) -> None:
-        try:
-            data = os.read(slot.proc.stdout.fileno(), 1 << 16)  # type: ignore[union-attr]
-        except BlockingIOError:
-            return
-        if not data:
-            self._lost(slot, f"{slot.id} exited unexpectedly")
-            return
-        slot.last_beat = time.monotonic()
-        slot.buffer += data
-        *lines, slot.buffer = slot.buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._handle(slot, json.loads(line))
 
     def _handle(self, slot: Slot, message: dict[str, Any]) -> None:
         if "start" in message:
@@ -338,18 +298,15 @@ class Orchestrator:
             self.store.move("worker", slot.id, to, slot.id, reason, fields={"task": task})  # None drops the field
 
     def _check_heartbeats(self, now: float) -> None:
-        for slot in list(self.slots.values()):
-            if slot.alive and now - slot.last_beat > 2 * self.options.heartbeat_s:
-                self._lost(slot, f"{slot.id} missed two heartbeats ({2 * self.options.heartbeat_s:g} s)")
-            elif not slot.alive:
-                self._lost(slot, f"{slot.id} stopped reading its jobs")
+        for slot, why in list(self.pool.quiet(now)):
+            self._lost(slot, why)
 
     def _lost(self, slot: Slot, why: str) -> None:
         """A worker that stopped beating or died: killed with its job, its task a new
         attempt, its waiting jobs back in the queue, and a new worker in its place."""
         if slot.id not in self.slots:
             return
-        self._kill(slot)
+        self.pool.kill(slot)
         state = self.store.read("worker", slot.id)["state"]
         if state in ("IDLE", "BUSY"):
             self.store.move("worker", slot.id, "UNHEALTHY", self.options.actor, why)
@@ -369,32 +326,13 @@ class Orchestrator:
         if not self.draining:
             self._spawn()
 
-    def _kill(self, slot: Slot) -> None:
-        if slot.running:
-            try:
-                os.killpg(slot.running[2], signal.SIGKILL)  # the job's whole group: it never runs twice at once
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            self.selector.unregister(slot.proc.stdout)  # type: ignore[arg-type]
-        except (KeyError, ValueError):
-            pass
-        slot.proc.kill()
-        slot.proc.wait()
-        slot.alive = False
-
     def _retire(self, slot: Slot, why: str) -> None:
-        try:
-            slot.proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        self._kill(slot)
+        self.pool.retire(slot)
         state = self.store.read("worker", slot.id)["state"]
         if state == "BUSY":
             self.store.move("worker", slot.id, "DRAINING", self.options.actor, why)
         if state != "TERMINATED":
             self.store.move("worker", slot.id, "TERMINATED", self.options.actor, why)
-        del self.slots[slot.id]
 
     # --- tasks ------------------------------------------------------------------------
 
@@ -459,7 +397,7 @@ class Orchestrator:
             sent.setdefault(slot.id, []).append({**job, "task": tid, "attempt": attempt})
             slot.jobs.append((tid, attempt))
         for worker_id, jobs in sent.items():  # one write a worker; its output goes to the worker's log
-            self._send(self.slots[worker_id], *({**job, "log": str(self.logs / f"{worker_id}.log")} for job in jobs))
+            self.pool.send(self.slots[worker_id], *({**job, "log": str(self.logs / f"{worker_id}.log")} for job in jobs))
 
     def _full_tools(self) -> frozenset[str]:
         """The tools running as many jobs as their `max_concurrency` allows."""
@@ -570,7 +508,7 @@ class Orchestrator:
             return
         why = f"exit code {done['rc']}" if not done["timed_out"] else "timed out"
         limit = (self.graph.tasks[tid].workflow or {}).get("max_rework", 2)
-        if phase in ("TESTING", "VERIFICATION") and flow.get("iterations", 0) < limit:
+        if machine.load("workflow").transitions.get((phase, "IMPLEMENTATION")) == "rework" and flow.get("iterations", 0) < limit:
             turn = flow.get("iterations", 0) + 1
             self.store.move("workflow", tid, "IMPLEMENTATION", self.options.actor,
                             f"{phase} failed ({why}): rework {turn} of {limit}", fields={"iterations": turn})
@@ -679,11 +617,11 @@ class Orchestrator:
         budget = self.options.budget
         if budget is None:
             return False
-        spent = sum(float(self.store.read("task", t).get("cost", {}).get("money", 0.0)) for t in self.graph.tasks)
+        spent = sum(float(c.get("money", 0.0)) for c in self.costs.values())
         if spent >= budget and not self.note:
             self.note = f"budget {budget:g} reached ({spent:g} spent): no new task starts"
             for slot in self.slots.values():  # nor the jobs the workers hold in waiting
-                self._send(slot, {"stop": True})
+                self.pool.send(slot, {"stop": True})
         return spent >= budget
 
     # --- aggregates -------------------------------------------------------------------
