@@ -150,6 +150,7 @@ class Sized(NamedTuple):
     make: float
     loop: float  # the run's own `duration_s`: its loop, after the run's files exist
     dry: float | None  # `ledger run --dry-run` (start, plan read, graph): 1,000 only
+    floor: float | None  # the DAG through our worker processes with no state kept (workers_floor.py): 1,000 only
     note: str
 
 
@@ -168,7 +169,10 @@ def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds
         print(f"run of {n:,}: {durable(copies[0], n)}")
     if timed(make_argv, repo, env, base / "make-first.out").rc != 0:
         note = note or "make failed"
-    commands = ["ours", "make", *(["dry"] if with_dry else [])]
+    floor_argv = [sys.executable, str(HERE.parent / "workers_floor.py"), str(repo), f".ledger/plans/{PLAN}.yaml", str(WORKERS)]
+    if with_dry and timed(floor_argv, repo, env, base / "floor-first.out").rc != 0:
+        note = note or "the workers' floor failed"
+    commands = ["ours", "make", *(["dry", "floor"] if with_dry else [])]
     times: dict[str, list[float]] = {c: [] for c in commands}
     loops: list[float] = []
     for r in range(rounds):
@@ -182,12 +186,15 @@ def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds
                     loops.append(json.loads(out.read_text())["duration_s"])
             elif c == "make":
                 took = timed(make_argv, repo, env, out)
+            elif c == "floor":
+                took = timed(floor_argv, repo, env, out)
             else:
                 took = timed([*ours_argv, "--dry-run"], repo, env, out)
             times[c].append(took.seconds)
     med = {c: statistics.median(t) for c, t in times.items()}
     print(f"run of {n:,}, {rounds} rounds: " + "; ".join(f"{c} {min(t):.2f}-{max(t):.2f} s" for c, t in times.items()))
-    return Sized(n, med["ours"], med["make"], statistics.median(loops) if loops else float("nan"), med.get("dry"), note)
+    return Sized(n, med["ours"], med["make"], statistics.median(loops) if loops else float("nan"), med.get("dry"),
+                 med.get("floor"), note)
 
 
 # ---------------------------------------------------------------- the rows
@@ -202,6 +209,11 @@ def rows(tmp: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
         out.append(Row("(k) of which before and after its loop (wall - duration_s) / `ledger run --dry-run`",
                        first.ours - first.loop, first.dry, None))
     out.append(Row(f"(k) of which its loop (duration_s) / make -s -j{WORKERS}", first.loop, first.make, None))
+    if first.floor is not None:
+        # the design's own floor: Python worker processes that start, watch and report each
+        # job, with nothing durable; ledger run's state costs what lies between it and ours
+        out.append(Row(f"(k) the design's floor: the DAG through {WORKERS} of our worker processes, no state / make",
+                       first.floor, first.make, None))
     for s in sized[1:]:
         per = s.ours / s.n
         out.append(Row(f"(k) {s.n:,} tasks: {per * 1e3:.2f} ms a task, {per / per_first:.2f}x the {first.n:,}'s "
