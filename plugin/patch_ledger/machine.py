@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple
@@ -42,6 +43,7 @@ class Machine:
     roles: dict[str, str]
     immutable: tuple[str, ...]  # fields fixed once set
     precedence: tuple[str, ...] = ()  # every state, strongest first: what a merge of two histories resolves to
+    tones: dict[str, str] = dataclasses.field(default_factory=dict)  # state -> good, bad or busy: how reports show it
 
     def is_legal(self, source: str, target: str) -> bool:
         return (source, target) in self.transitions
@@ -70,7 +72,8 @@ def load(kind: str) -> Machine:
             transitions[(source, t["to"])] = t["name"]
     machine = Machine(kind, block["name"], states, block["initial"], frozenset(block["terminal"]),
                       transitions, tuple(block.get("guards", ())), dict(block.get("roles", {})),
-                      tuple(block.get("immutable", ())), tuple(block.get("precedence", ())))
+                      tuple(block.get("immutable", ())), tuple(block.get("precedence", ())),
+                      {state: tone for tone, named in block.get("tones", {}).items() for state in named})
     _check_sense(machine)
     strangers = [f for f in machine.immutable if f not in schema["properties"]]
     if strangers:
@@ -79,7 +82,7 @@ def load(kind: str) -> Machine:
 
 
 def _check_sense(m: Machine) -> None:
-    named = {m.initial, *m.terminal, *m.roles, *(s for pair in m.transitions for s in pair)}
+    named = {m.initial, *m.terminal, *m.roles, *m.tones, *(s for pair in m.transitions for s in pair)}
     unknown = sorted(named - set(m.states))
     if unknown:
         raise LedgerError(f"schemas/{m.kind}.json: {', '.join(unknown)} not in $defs/state; add or fix them")

@@ -1,120 +1,110 @@
+"""`ledger status`: the ledger, the runs and the breakers (collected by patch_ledger.overview),
+as aligned tables for people or as JSON (schemas/status.json) for scripts."""
+
 from __future__ import annotations
 
-import heapq
-import json
-from collections import Counter
-from pathlib import Path
-from typing import Any
+import os
+import sys
+from typing import Any, Sequence, Union
 
-from patch_ledger import config, git, ledger, machine, results
+from patch_ledger import git, overview
 from patch_ledger.errors import OK
-from patch_ledger.layout import ROOT, classify
 from patch_ledger.report import emit
-from patch_ledger.source import worktree
 
-RECENT = 10
+# A cell of a table: plain text, or pieces of (text, state) each coloured by its state's tone.
+Cell = Union[str, Sequence[tuple[str, str]]]
+
+_COLOURS = {"good": "32", "bad": "31", "busy": "33", "plain": "", "head": "1"}
 
 
 def run(cwd: str, fmt: str) -> int:
     root = git.toplevel(cwd)
-    report = {"patches": _patches(root), "runs": _runs(root), "breakers": _breakers(root)}
-    emit(fmt, report, _text)
+    emit(fmt, overview.status_report(root), lambda report: text(report, colour=_wants_colour()))
     return OK
 
 
-def _patches(root: Path) -> dict[str, Any]:
-    """The ledger in one `for-each-ref`: counts by state, the latest patches, the quarantined."""
-    patches = ledger.read_sound(root)
-    latest = heapq.nlargest(RECENT, patches.values(), key=lambda p: (p.at, p.id))
-    quarantined = sorted((p for p in patches.values() if p.state == "QUARANTINED"), key=lambda p: (p.at, p.id), reverse=True)
-    final = machine.load("patch").terminal
-    # the gates of the patches shown: one for-each-ref of their results, judged at each one's
-    # base. The required gates still missing are the configuration's: loading every gate
-    # plugin to find ones they add would cost status more than the whole ledger's read.
-    gates = results.of_patches(root, list({p.id: p for p in (*latest, *quarantined)}.values()),
-                               config.required_gates(config.load(root)))
-    summary = lambda p: {"id": p.id, "state": p.state, "seq": p.seq, "at": p.at, "actor": p.actor,  # noqa: E731
-                         "message": p.message, "reason": p.reason,
-                         "gates": {g: {"state": v.state, "reason": v.reason} for g, v in gates.get(p.id, {}).items()
-                                   if v.attempts or p.state not in final}}  # a finished patch waits for no gate
-    return {"total": len(patches), "by_state": dict(sorted(Counter(p.state for p in patches.values()).items())),
-            "recent": [summary(p) for p in latest],
-            "quarantined": [summary(p) for p in quarantined]}
+def _wants_colour() -> bool:
+    """Colour for a person at a terminal only; NO_COLOR (set and not empty) turns it off."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def _runs(root: Path) -> list[dict[str, Any]]:
-    """Each run's state, progress, tasks by state, cost, an ETA from its tasks' measured
-    durations, and the workers that went unhealthy."""
-    runs: dict[str, dict[str, Any]] = {}
-    for f in filter(None, map(classify, worktree(root).files(f"{ROOT}/runs"))):
-        if f.kind not in ("run", "task", "worker"):
-            continue
-        doc = _read(root / f.path)
-        entry = runs.setdefault(f.run, {"id": f.run, "state": None, "progress": None, "tasks": Counter(), "cost": {},
-                                        "durations": [], "workers": 0, "unhealthy": []})
-        if f.kind == "run":
-            entry.update(state=doc.get("state"), progress=doc.get("progress"), cost=doc.get("cost", {}))
-        elif f.kind == "task":
-            entry["tasks"][doc.get("state", "UNREADABLE")] += 1
-            if doc.get("state") == "COMPLETED" and isinstance(doc.get("duration_s"), (int, float)):
-                entry["durations"].append(doc["duration_s"])
-        else:
-            entry["workers"] += doc.get("state") in ("IDLE", "BUSY")
-            if any(h.get("to") == "UNHEALTHY" for h in doc.get("history", []) if isinstance(h, dict)):
-                entry["unhealthy"].append(doc.get("id"))
-    return [_finished_entry(r) for _, r in sorted(runs.items())]
+def text(report: dict[str, Any], colour: bool = False) -> str:
+    lines = _patches(report["patches"], colour)
+    lines += _runs(report["runs"], colour)
+    if report["breakers"]:
+        lines.append(f"breakers holding work back: {len(report['breakers'])}")
+        lines += _table(["TOOL", "STATE", "SINCE", "FAILURES IN A ROW"],
+                        [[b["id"], [(b["state"], b["state"])], _when(b["since"]), str(b["consecutive_failures"])]
+                         for b in report["breakers"]], colour)
+    return "\n".join(lines)
 
 
-def _finished_entry(r: dict[str, Any]) -> dict[str, Any]:
-    durations = r.pop("durations")
-    left = sum(n for s, n in r["tasks"].items() if s not in ("COMPLETED", "FAILED", "CANCELLED"))
-    eta = None
-    if left and durations and r["state"] == "RUNNING":
-        eta = round(left * sum(durations) / len(durations) / max(1, r["workers"]), 1)
-    return dict(r, tasks=dict(sorted(r["tasks"].items())), eta_s=eta)
+def _patches(p: dict[str, Any], colour: bool) -> list[str]:
+    counts = ", ".join(f"{n} {s}" for s, n in p["by_state"].items())
+    lines = [f"patches: {p['total']}" + (f" ({counts})" if p["total"] else "")]
+    lines += _table(["PATCH", "STATE", "AT", "ACTOR", "GATES", "MESSAGE"],
+                    [[x["id"][:12], [(x["state"], x["state"])], _when(x["at"]), _printable(x["actor"]), _gates(x),
+                      _printable(x["message"] or "")] for x in p["recent"]], colour)
+    if p["quarantined"]:
+        lines.append(f"quarantined: {len(p['quarantined'])}")
+        lines += _table(["PATCH", "SINCE", "REASON"], [[x["id"][:12], _when(x["at"]), _printable(x["reason"])]
+                                                      for x in p["quarantined"]], colour)
+    return lines
 
 
-def _breakers(root: Path) -> list[dict[str, Any]]:
-    """The tools' breakers that hold work back (OPEN or HALF_OPEN)."""
-    out = []
-    for path in sorted((root / ROOT / "breakers").glob("*.json")):
-        doc = _read(path)
-        if doc.get("state") in ("OPEN", "HALF_OPEN"):
-            out.append({"id": doc.get("id"), "state": doc["state"], "consecutive_failures": doc.get("consecutive_failures"),
-                        "since": (doc.get("history") or [{}])[-1].get("at")})
+def _gates(patch: dict[str, Any]) -> Cell:
+    return _joined([(f"{g}:{v['state']}", v["state"]) for g, v in patch["gates"].items()], " ")
+
+
+def _joined(pieces: list[tuple[str, str]], separator: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for piece in pieces:
+        out += [(separator, ""), piece] if out else [piece]
     return out
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-        return doc if isinstance(doc, dict) else {}
-    except (OSError, ValueError):
-        return {}
+def _runs(runs: list[dict[str, Any]], colour: bool) -> list[str]:
+    if not runs:
+        return ["runs: none under .ledger/runs (ledger demo shows one)"]
+    rows = [[r["id"], [(r["state"] or "no run.json", r["state"] or "")], _share(r["progress"]),
+             _joined([(f"{n} {s}", s) for s, n in r["tasks"].items()], ", ") or "no tasks", _extra(r)] for r in runs]
+    return [f"runs: {len(runs)}", *_table(["RUN", "STATE", "DONE", "TASKS", "NOTES"], rows, colour)]
 
 
-def _gates(patch: dict[str, Any]) -> str:
-    return "  [" + " ".join(f"{g}:{v['state']}" for g, v in patch["gates"].items()) + "]" if patch["gates"] else ""
+def _share(progress: Any) -> str:
+    return f"{progress:.0%}" if isinstance(progress, (int, float)) else "?"
 
 
-def _text(report: dict[str, Any]) -> str:
-    p = report["patches"]
-    lines = [f"patches: {p['total']}" + (f" ({', '.join(f'{n} {s}' for s, n in p['by_state'].items())})" if p["total"] else "")]
-    lines += [f"  {x['id'][:12]}  {x['state']:<11} {x['at'][:19]}  {x['actor']}  {x['message'] or ''}{_gates(x)}".rstrip()
-              for x in p["recent"]]
-    if p["quarantined"]:
-        lines.append(f"quarantined: {len(p['quarantined'])}")
-        lines += [f"  {x['id'][:12]}  {x['reason']}" for x in p["quarantined"]]
-    if not report["runs"]:
-        lines.append("runs: none under .ledger/runs (ledger demo shows one)")
-    for r in report["runs"]:
-        share = f"{r['progress']:.0%}" if isinstance(r["progress"], (int, float)) else "?"
-        tasks = ", ".join(f"{n} {s}" for s, n in r["tasks"].items()) or "no tasks"
-        extra = [f"ETA {r['eta_s']:g} s" if r["eta_s"] is not None else "",
-                 f"cost {r['cost'].get('money', 0):g} ({r['cost'].get('tokens', 0)} tokens)" if r["cost"] else "",
-                 f"unhealthy workers: {', '.join(r['unhealthy'])}" if r["unhealthy"] else ""]
-        lines.append(f"run {r['id']}: {r['state'] or 'no run.json'}, {share} done; tasks: {tasks}"
-                     + "".join(f"; {e}" for e in extra if e))
-    for b in report["breakers"]:
-        lines.append(f"breaker {b['id']}: {b['state']} since {b['since']} after {b['consecutive_failures']} failure(s) in a row")
-    return "\n".join(lines)
+def _extra(r: dict[str, Any]) -> str:
+    notes = [f"ETA {r['eta_s']:g} s" if r["eta_s"] is not None else "",
+             f"cost {r['cost'].get('money', 0):g} ({r['cost'].get('tokens', 0)} tokens)" if r["cost"] else "",
+             f"unhealthy workers: {', '.join(map(str, r['unhealthy']))}" if r["unhealthy"] else ""]
+    return "; ".join(n for n in notes if n)
+
+
+def _when(stamp: str | None) -> str:
+    return (stamp or "-")[:19].replace("T", " ")
+
+
+def _printable(value: str) -> str:
+    """Messages, actors and reasons come from anyone who can push: no control character of
+    theirs (an escape sequence, a carriage return) reaches the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in value)
+
+
+def _table(header: list[str], rows: list[list[Cell]], colour: bool) -> list[str]:
+    """Rows under a header, every column as wide as its widest cell (the last one unpadded)."""
+    cells = [[[(h, "head")] for h in header], *([[(c, "")] if isinstance(c, str) else list(c) for c in row] for row in rows)]
+    widths = [max(sum(len(t) for t, _ in row[i]) for row in cells) for i in range(len(header))]
+    return ["  " + "  ".join(_cell(c, widths[i] if i < len(row) - 1 else 0, colour) for i, c in enumerate(row)).rstrip()
+            for row in cells]
+
+
+def _cell(pieces: list[tuple[str, str]], width: int, colour: bool) -> str:
+    shown = "".join(_paint(t, s, colour) for t, s in pieces)
+    return shown + " " * (width - sum(len(t) for t, _ in pieces))
+
+
+def _paint(piece: str, state: str, colour: bool) -> str:
+    code = _COLOURS["head"] if state == "head" else _COLOURS[overview.tone(state)] if state else ""
+    return f"\x1b[{code}m{piece}\x1b[0m" if colour and code and piece else piece

@@ -1,0 +1,165 @@
+"""What `ledger status` and `ledger report` show, collected once: the ledger (counts by
+state, the latest patches with their gates, the quarantined), the runs under .ledger/runs/
+and the breakers that hold work back. Both read through here, so the terminal and the page
+never disagree about what the repository holds. The JSON of `ledger status` is
+`status_report`'s value, documented by schemas/status.json."""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from patch_ledger import config, ledger, machine, results
+from patch_ledger.layout import ROOT, classify
+from patch_ledger.source import worktree
+
+RECENT = 10
+
+def tone(state: str | None) -> str:
+    """good, bad, busy or plain: how a state should look, as its machine's schema says
+    (`x-state-machine.tones`); a state name means the same in every machine that has it."""
+    return _tones().get(state or "", "plain")
+
+
+@lru_cache(maxsize=None)
+def _tones() -> dict[str, str]:
+    return {state: t for kind in machine.MACHINE_KINDS for state, t in machine.load(kind).tones.items()}
+
+
+class Ledger(NamedTuple):
+    """The ledger as a report shows it: every patch counted, the latest few in full."""
+
+    total: int
+    by_state: dict[str, int]
+    latest: list[ledger.Patch]  # newest first
+    quarantined: list[ledger.Patch]  # newest first
+    verdicts: dict[str, dict[str, results.Verdict]]  # of latest and quarantined: patch id -> gate -> verdict
+
+
+def _newest(p: ledger.Patch) -> tuple[str, str]:
+    return (p.at, p.id)
+
+
+def read_ledger(root: Path, recent: int = RECENT) -> Ledger:
+    """The ledger in one `for-each-ref`, and the gates of the patches shown in one more,
+    judged at each one's base. The required gates still missing are the configuration's:
+    loading every gate plugin to find ones they add would cost more than the whole read."""
+    patches = ledger.read_sound(root)
+    latest = heapq.nlargest(recent, patches.values(), key=_newest)
+    quarantined = sorted((p for p in patches.values() if p.state == "QUARANTINED"), key=_newest, reverse=True)
+    shown = list({p.id: p for p in (*latest, *quarantined)}.values())
+    verdicts = results.of_patches(root, shown, config.required_gates(config.load(root)))
+    by_state = dict(sorted(Counter(p.state for p in patches.values()).items()))
+    return Ledger(len(patches), by_state, latest, quarantined, verdicts)
+
+
+def shown_gates(found: Ledger, patch: ledger.Patch) -> dict[str, results.Verdict]:
+    """The gates worth showing for `patch`: all of them while it may still move; once it is
+    final, only those that ran (a finished patch waits for no gate)."""
+    final = machine.load("patch").terminal
+    return {g: v for g, v in found.verdicts.get(patch.id, {}).items() if v.attempts or patch.state not in final}
+
+
+def patch_summary(found: Ledger, p: ledger.Patch) -> dict[str, Any]:
+    gates = {g: {"state": v.state, "reason": v.reason} for g, v in shown_gates(found, p).items()}
+    return {"id": p.id, "state": p.state, "seq": p.seq, "at": p.at, "actor": p.actor,
+            "message": p.message, "reason": p.reason, "gates": gates}
+
+
+def ledger_report(found: Ledger) -> dict[str, Any]:
+    return {"total": found.total, "by_state": found.by_state,
+            "recent": [patch_summary(found, p) for p in found.latest],
+            "quarantined": [patch_summary(found, p) for p in found.quarantined]}
+
+
+def status_report(root: Path) -> dict[str, Any]:
+    """`ledger status --format json` (schemas/status.json)."""
+    return {"patches": ledger_report(read_ledger(root)), "runs": read_runs(root), "breakers": read_breakers(root)}
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+
+def read_runs(root: Path, with_tasks: bool = False) -> list[dict[str, Any]]:
+    """Each run's state, progress, tasks by state, cost, an ETA from its tasks' measured
+    durations, and the workers that went unhealthy; `with_tasks` keeps each task's id,
+    state, workstream, title and dependencies too (`tasks_detail`), for drawing its DAG."""
+    runs: dict[str, dict[str, Any]] = {}
+    for f in filter(None, map(classify, worktree(root).files(f"{ROOT}/runs"))):
+        if f.kind in ("run", "task", "worker"):
+            entry = runs.setdefault(f.run, _new_run(f.run, with_tasks))  # type: ignore[arg-type]
+            _take(entry, f.kind, f.id, _read(root / f.path))
+    return [_finished_entry(r) for _, r in sorted(runs.items())]
+
+
+def _new_run(run: str, with_tasks: bool) -> dict[str, Any]:
+    entry = {"id": run, "state": None, "progress": None, "tasks": Counter(), "cost": {},
+             "durations": [], "workers": 0, "unhealthy": []}
+    return {**entry, "tasks_detail": []} if with_tasks else entry
+
+
+def _take(entry: dict[str, Any], kind: str, file_id: str | None, doc: dict[str, Any]) -> None:
+    """One state file of a run, into its entry."""
+    if kind == "run":  # what a hand-broken run.json holds is shown as missing (`ledger check` names it)
+        entry.update(state=_text(doc.get("state")), progress=_number(doc.get("progress")),
+                     cost=doc.get("cost") if isinstance(doc.get("cost"), dict) else {})
+    elif kind == "task":
+        entry["tasks"][_text(doc.get("state")) or "UNREADABLE"] += 1
+        if doc.get("state") == "COMPLETED" and isinstance(doc.get("duration_s"), (int, float)):
+            entry["durations"].append(doc["duration_s"])
+        if "tasks_detail" in entry:
+            entry["tasks_detail"].append(_task_detail(file_id, doc))
+    else:
+        entry["workers"] += doc.get("state") in ("IDLE", "BUSY")
+        history = doc.get("history") if isinstance(doc.get("history"), list) else []
+        if any(h.get("to") == "UNHEALTHY" for h in history if isinstance(h, dict)):
+            entry["unhealthy"].append(_text(doc.get("id")))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _task_detail(file_id: str | None, doc: dict[str, Any]) -> dict[str, Any]:
+    deps = doc.get("depends_on")
+    return {"id": str(doc.get("id") or file_id), "state": _text(doc.get("state")) or "UNREADABLE",
+            "workstream": doc.get("workstream"), "title": doc.get("title"),
+            "depends_on": [str(d) for d in deps] if isinstance(deps, list) else []}
+
+
+def _finished_entry(r: dict[str, Any]) -> dict[str, Any]:
+    durations = r.pop("durations")
+    final = machine.load("task").terminal
+    left = sum(n for s, n in r["tasks"].items() if s not in final)
+    eta = None
+    if left and durations and r["state"] == "RUNNING":
+        eta = round(left * sum(durations) / len(durations) / max(1, r["workers"]), 1)
+    return dict(r, tasks=dict(sorted(r["tasks"].items())), eta_s=eta)
+
+
+def read_breakers(root: Path) -> list[dict[str, Any]]:
+    """The tools' breakers that hold work back (any state but the breaker's initial, CLOSED)."""
+    m = machine.load("breaker")
+    out = []
+    for path in sorted((root / ROOT / "breakers").glob("*.json")):
+        doc = _read(path)
+        if doc.get("state") in m.states and doc["state"] != m.initial:
+            out.append({"id": doc.get("id"), "state": doc["state"], "consecutive_failures": doc.get("consecutive_failures"),
+                        "since": (doc.get("history") or [{}])[-1].get("at")})
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+        return doc if isinstance(doc, dict) else {}
+    except (OSError, ValueError):
+        return {}
