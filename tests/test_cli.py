@@ -20,9 +20,28 @@ def test_version_and_help(tmp_path: Path) -> None:
     assert version.returncode == 0 and __version__ in version.stdout
     helped = ledger(tmp_path, "--help")
     assert helped.returncode == 0
-    for command in ("check", "migrate", "init", "demo", "status"):
+    for command in ("check", "migrate", "init", "demo", "status", "report", "patch", "gate", "run", "ci", "sync", "verify", "log"):
         assert command in helped.stdout
     assert "Exit codes" in helped.stdout
+
+
+def test_every_command_reports_in_text_or_json() -> None:
+    """DESIGN.md: `--format text|json` on every command that reports (and every one does)."""
+    import click
+
+    from patch_ledger import cli
+
+    def leaves(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+        out = []
+        for name, sub in sorted(group.commands.items()):
+            out += leaves(sub, f"{prefix}{name} ") if isinstance(sub, click.Group) else [(prefix + name, sub)]
+        return out
+
+    found = leaves(cli.cli)
+    assert len(found) >= 25
+    for name, command in found:
+        (fmt,) = [p for p in command.params if "--format" in p.opts] or [None]
+        assert fmt is not None and list(fmt.type.choices) == ["text", "json"], name  # type: ignore[union-attr]
 
 
 def test_shell_completion_through_click(tmp_path: Path) -> None:

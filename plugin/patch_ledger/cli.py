@@ -71,6 +71,17 @@ def status(fmt: str) -> int:
     return command.run(".", fmt)
 
 @cli.command()
+@click.option("--html", "html_file", required=True, metavar="FILE",
+              help="Write one self-contained HTML page (it loads nothing from the network) to FILE.")
+@FORMAT
+def report(html_file: str, fmt: str) -> int:
+    """The ledger (patches by state, each one's timeline), the gates and each run's DAG of
+    tasks, as one HTML page to open in any browser or keep as a CI artifact."""
+    from patch_ledger.commands import report as command
+
+    return command.run(".", html_file, fmt)
+
+@cli.command()
 @click.option("--dir", "directory", type=click.Path(), help="Build the example here (new or empty) and keep it.")
 @FORMAT
 def demo(directory: str | None, fmt: str) -> int:
@@ -300,6 +311,48 @@ def log(patch_id: str | None, fmt: str) -> int:
     from patch_ledger.commands import patch as command
 
     return command.log(".", patch_id, fmt)
+
+
+@cli.command("ci")
+@click.option("--event-path", metavar="FILE", help="The event's JSON payload (default: $GITHUB_EVENT_PATH).")
+@click.option("--gates", multiple=True, metavar="NAME[,NAME...]", envvar="LEDGER_GATES",
+              help="Run only these gates (repeatable, or a comma list; default: every configured gate).")
+@click.option("--run-gates/--no-run-gates", default=True, envvar="LEDGER_RUN_GATES", show_default=True,
+              help="--no-run-gates: run none, only verify from the results other jobs recorded (after a matrix).")
+@click.option("--shard", metavar="I/N", envvar="LEDGER_SHARD", help="Run the I-th of N parts of each shardable gate (a matrix job).")
+@click.option("--push/--no-push", default=True, envvar="LEDGER_PUSH", show_default=True,
+              help="Push the ledger when this job may (never on a pull request from a fork).")
+@click.option("--args", "more", metavar="TEXT", help="More options of this command in one string, split as a shell "
+              "would (shlex) but never run by one: the action's `args` input.")
+@ACTOR
+@FORMAT
+@click.pass_context
+def ci(ctx: click.Context, event_path: str | None, gates: tuple[str, ...], run_gates: bool, shard: str | None, push: bool,
+       more: str | None, actor: str | None, fmt: str) -> int:
+    """The CI flow for the GitHub event of this job (pull_request, push, merge_group): check
+    the state files, record the event's commits as patches, validate and gate them, verify
+    them on the default branch, push the ledger; report to the step summary, annotations and
+    outputs. Exit 1 when a check or a required gate failed."""
+    from patch_ledger.commands import ci as command
+
+    given = dict(event_path=event_path, gates=gates, run_gates=run_gates, shard=shard, push=push, actor=actor, fmt=fmt)
+    given.update(_more_options(ctx, more) if more else {})
+    return command.run(".", **given)
+
+
+def _more_options(ctx: click.Context, more: str) -> dict[str, Any]:
+    """The options written in `more`, parsed by this same command; they win over the others."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    try:
+        words = shlex.split(more)
+    except ValueError as e:
+        raise click.UsageError(f"--args {more!r}: {e}", ctx) from None
+    assert ctx.command.name is not None
+    sub = ctx.command.make_context(ctx.command.name, words, parent=ctx.parent)
+    return {k: v for k, v in sub.params.items() if k != "more" and sub.get_parameter_source(k) == ParameterSource.COMMANDLINE}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -257,9 +257,10 @@ class Recorded(NamedTuple):
     commit: str
 
 
-def record_range(root: Path, revrange: str, actor: str | None) -> tuple[list[Recorded], list[ledger.Patch]]:
-    """Record every non-merge commit of `revrange` (base: its parent); and roll back the
-    applied patches that one of them reverts. Both lists, in order."""
+def record_range(root: Path, revrange: str, actor: str | None, roll_back: bool = True) -> tuple[list[Recorded], list[ledger.Patch]]:
+    """Record every non-merge commit of `revrange` (base: its parent); and, with `roll_back`,
+    roll back the applied patches that one of them reverts. Both lists, in order. A pull
+    request's commits are recorded without it: a revert proposed is not a revert landed."""
     commits = _commits(root, revrange)
     if not commits:
         return [], []
@@ -284,6 +285,8 @@ def record_range(root: Path, revrange: str, actor: str | None) -> tuple[list[Rec
             "reason": f"recorded from commit {commit}"}))
         sources.append(commit)
     recorded = [Recorded(p, created, c) for (p, created), c in zip(ledger.record(root, new), sources)]
+    if not roll_back:
+        return recorded, []
     return recorded, _roll_back_reverted(root, live, [(r.patch.id, f"reverted by commit {r.commit}", r.patch.actor) for r in recorded])
 
 

@@ -121,9 +121,10 @@ def configure_remote(root: Path, remote: str) -> bool:
     return bool(missing)
 
 
-def sync(root: Path, remote: str | None = None, actor: str = ACTOR) -> SyncReport:
+def sync(root: Path, remote: str | None = None, actor: str = ACTOR, push: bool = True) -> SyncReport:
     """Fetch the remote's ledger, bring every patch in (create, fast-forward, or merge), and
-    push what the remote lacks; again from the fetch while the remote moves meanwhile."""
+    push what the remote lacks (unless not `push`: a job that may not, or not yet);
+    again from the fetch while the remote moves meanwhile."""
     name = remote_of(root, remote)
     # The no-op is the common case and must stay fast: a fetch walks every fetched tip to
     # check connectivity (0.2-0.5 s with 10,000 refs), listing the remote's refs does not.
@@ -140,8 +141,8 @@ def sync(root: Path, remote: str | None = None, actor: str = ACTOR) -> SyncRepor
         # a revert, or the patch it reverts, may have come in: either way the patch is rolled back
         rolled = patches.roll_back_reverted(root, actor) if (taken.created or taken.forwarded or taken.merged) else []
         if taken.complete:
-            if not rolled and taken.local.items() <= theirs.items() and taken.local_gates.items() <= their_gates.items():
-                return report  # the remote has it all
+            if not push or (not rolled and taken.local.items() <= theirs.items() and taken.local_gates.items() <= their_gates.items()):
+                return report  # the remote has it all, or is not to be given it
             _refuse_broken(root, ledger.PREFIX, "this ledger", "nothing was pushed; `ledger verify` names every problem")
             pushed = _push(root, name)
             if pushed is not None:

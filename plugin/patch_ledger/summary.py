@@ -1,0 +1,153 @@
+"""What `ledger ci` tells people: the step summary (markdown blocks: the verdict, a table of
+patches with their states and gates, failures first, the problems, and Mermaid diagrams of
+the patch lifecycle and of each run's tasks inside <details>), and the annotations."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from patch_ledger import generate, machine
+from patch_ledger.ciflow import Ran, Row
+from patch_ledger.github import Annotation
+from patch_ledger.layout import ROOT
+
+SHOWN_FINDINGS = 50  # in the summary; every one is in the annotations' count and `ledger check`
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~>$-])")  # $: GitHub renders $...$ as math
+_ICONS = {"PASSED": "✅", "FAILED": "❌", "SKIPPED": "⏭️", "RUNNING": "⏳", "PENDING": "⏳"}
+
+
+def text(value: str) -> str:
+    """Untrusted text (a commit subject, a PR title, a message) shown as itself in markdown:
+    HTML and markdown syntax escaped, on one line."""
+    value = " ".join(value.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN.sub(r"\\\1", value)
+
+
+def code(value: str) -> str:
+    """Untrusted text as code: HTML, since markdown escapes do not work inside backticks."""
+    value = " ".join(value.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"<code>{value.replace('|', '&#124;')}</code>"
+
+
+def blocks(ran: Ran, root: Path) -> list[str]:
+    """The step summary as blocks, most important first, so a cut keeps what matters; a
+    block that is not a row of the table starts with a blank line."""
+    out = [_headline(ran), *_patch_table(ran.rows), *_findings(ran), *_failures(ran.attempts),
+           _lifecycle({r.patch.state for r in ran.rows})]
+    return out + [_run_graph(root, run) for run in ran.runs]
+
+
+def truncation_note(ran: Ran) -> str:
+    return (f"\n> **Truncated** to stay under GitHub's 1 MiB limit of a step summary: {len(ran.rows)} patch(es) and "
+            f"{len(ran.findings)} problem(s) in all; `ledger status` and `ledger check --base {(ran.base or 'HEAD^')[:12]}` show everything.")
+
+
+def _headline(ran: Ran) -> str:
+    e = ran.event
+    what = f"pull request #{e.number}: {text(e.title)}" if e.number is not None else f"{e.name} to `{text(e.branch)}`"
+    verdict = "❌ failure" if ran.failed else "✅ success"
+    failed = sum(r.failed for r in ran.rows)
+    lines = [f"## patch-ledger: {verdict}", "",
+             f"{what} · {len(ran.rows)} patch(es), {failed} failed · check: {len(ran.findings)} problem(s) in {ran.checked} state file(s)"]
+    if ran.read_only:
+        lines += ["", f"> **Read-only:** {text(ran.read_only)}. Nothing was pushed; everything above was still checked and reported."]
+    elif ran.pushed is not None:
+        lines += ["", f"Ledger pushed to `{text(ran.remote)}`: {ran.pushed} ref(s) updated."]
+    return "\n".join(lines)
+
+
+def _patch_table(rows: list[Row]) -> list[str]:
+    if not rows:
+        return ["\nNo commit of this event changes anything: no patch to record."]
+    head = "\n| | patch | state | commit | gates | message | note |\n|---|---|---|---|---|---|---|"
+    return [head, *(_row(r) for r in rows)]
+
+
+def _row(r: Row) -> str:
+    gates = "<br>".join(f"{_ICONS.get(v.state, '')} {text(g)} {v.state}{' (required)' if g in r.required else ''}"
+                        for g, v in r.gates.items()) or "none"
+    commit = f"`{r.commit[:12]}`" if r.commit else ""
+    return (f"| {'❌' if r.failed else '✅'} | `{r.patch.id[:12]}` | **{r.patch.state}** | {commit} | {gates} | "
+            f"{text(r.patch.message or '')} | {text(r.note)} |")
+
+
+def _findings(ran: Ran) -> list[str]:
+    if not ran.findings:
+        return []
+    lines = ["", f"### Check: {len(ran.findings)} problem(s)", ""]
+    lines += [f"- {code(f'{f.path}:{f.line}:{f.col}')} {text(f.message)}" for f in ran.findings[:SHOWN_FINDINGS]]
+    if len(ran.findings) > SHOWN_FINDINGS:
+        lines.append(f"- … and {len(ran.findings) - SHOWN_FINDINGS} more: `ledger check` lists them all")
+    return ["\n".join(lines)]
+
+
+def _failures(attempts: Iterable[Mapping[str, Any]]) -> list[str]:
+    failed = [a for a in attempts if a["state"] == "FAILED"]
+    out = []
+    for a in failed:
+        lines = ["", f"### Gate {text(a['gate'])} failed on `{a['patch'][:12]}` (shard {a['shard']})", "",
+                 text(a["history"][-1]["reason"])]
+        lines += [f"- {code(f['test'])}{_where(f)}: {text(f['message'][:500])}" for f in a.get("failures", [])[:SHOWN_FINDINGS]]
+        out.append("\n".join(lines))
+    return out
+
+
+def _where(f: Mapping[str, Any]) -> str:
+    return f" ({code(str(f['file']) + ':' + str(f['line']))})" if f.get("file") and f.get("line") else ""
+
+
+def _details(title: str, body: list[str]) -> str:
+    return "\n".join(["", f"<details><summary>{title}</summary>", "", *body, "", "</details>"])
+
+
+def _lifecycle(reached: set[str]) -> str:
+    """The patch machine as docs/state-machines.md draws it (generate renders both), the
+    states this event's patches are in highlighted."""
+    marks = ["    classDef reached fill:#dbeafe,stroke:#1d4ed8,stroke-width:2px",
+             *(f"    class {s} reached" for s in sorted(reached))] if reached else []
+    return _details("Patch lifecycle (the states of this event's patches highlighted)",
+                    ["```mermaid", *generate.mermaid(machine.load("patch")), *marks, "```"])
+
+
+def _run_graph(root: Path, run: str) -> str:
+    """A run's tasks as a graph: each task with its state, an edge from each dependency."""
+    tasks = {}
+    for path in sorted((root / ROOT / "runs" / run / "tasks").glob("*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            tasks[doc["id"]] = doc
+    node = {tid: f"t{i}" for i, tid in enumerate(tasks)}
+    lines = ["```mermaid", "flowchart LR"]
+    lines += [f'    {node[t]}["{_label(t)}<br/>{_label(str(d.get("state")))}"]' for t, d in tasks.items()]
+    lines += [f"    {node[dep]} --> {node[t]}" for t, d in tasks.items() for dep in d.get("depends_on") or [] if dep in node]
+    return _details(f"Run {text(run)}: {len(tasks)} task(s)", [*lines, "```"])
+
+
+def _label(value: str) -> str:
+    """Text inside a Mermaid label: its quotes and markup as entities, nothing else special."""
+    return re.sub(r'["<>&#`]', lambda m: f"#{ord(m.group())};", value)[:80]
+
+
+def annotations(ran: Ran) -> list[Annotation]:
+    """Check errors at the positions the checker computed, then failing tests at theirs,
+    then gates that failed without a test to point at, then rejected patches."""
+    out = [Annotation("error", f.message, f.path, f.line, f.col, f"ledger check: {f.rule}") for f in ran.findings]
+    required = {g for r in ran.rows for g in r.required}
+    for a in ran.attempts:
+        if a["state"] != "FAILED":
+            continue
+        level = "error" if a["gate"] in required else "warning"
+        title = f"gate {a['gate']} on {a['patch'][:12]}"
+        tests = a.get("failures", [])
+        out += [Annotation(level, f"{f['test']}: {f['message']}", f.get("file"), f.get("line"), None, title) for f in tests]
+        if not tests:
+            out.append(Annotation(level, a["history"][-1]["reason"], None, None, None, title))
+    out += [Annotation("error", r.patch.reason, None, None, None, f"patch {r.patch.id[:12]} rejected")
+            for r in ran.rows if r.patch.state == "REJECTED"]
+    return out
