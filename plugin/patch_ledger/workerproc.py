@@ -69,7 +69,8 @@ class Worker:
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.wake = wake_r
-        self.selector = selectors.DefaultSelector()
+        # poll, not epoll: epoll refuses a regular file or /dev/null as standard input
+        self.selector = getattr(selectors, "PollSelector", selectors.SelectSelector)()
         self.selector.register(0, selectors.EVENT_READ)
         self.selector.register(wake_r, selectors.EVENT_READ)
 
