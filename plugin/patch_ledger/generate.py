@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from patch_ledger import guards, machine, schemas
+from patch_ledger import guards, machine, report, schemas
 from patch_ledger.layout import LAYOUT, files_regex
 
 HEADER = "<!-- Generated from schemas/ by `python -m patch_ledger.generate`; do not edit by hand. -->"
@@ -26,7 +26,7 @@ def state_machines_md() -> str:
 def _machine_section(m: machine.Machine) -> list[str]:
     terminal = ", ".join(s for s in m.states if s in m.terminal) or "none"
     lines = [f"## {m.name} (`schemas/{m.kind}.json`)", "",
-             f"Initial: {m.initial}. Terminal: {terminal}.", "", "```mermaid", *mermaid(m), "```", ""]
+             f"Initial: {m.initial}. Terminal: {terminal}.", "", "```mermaid", *report.mermaid(m), "```", ""]
     if m.immutable:
         lines += [f"Fixed once set: {', '.join(f'`{f}`' for f in m.immutable)}.", ""]
     if m.precedence:
@@ -37,14 +37,6 @@ def _machine_section(m: machine.Machine) -> list[str]:
         fn = guards.DOCUMENT_GUARDS.get(name) or guards.RUN_GUARDS[name]
         lines.append(f"- guard `{name}`: {' '.join((fn.__doc__ or '').split())}")
     return lines + ([""] if m.guards else [])
-
-
-def mermaid(m: machine.Machine) -> list[str]:
-    """A machine as a Mermaid state diagram, one line a line (the docs and `ledger ci`'s
-    summary draw it alike)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {m.initial}"]
-    lines += [f"    {source} --> {target} : {name}" for (source, target), name in m.transitions.items()]
-    return lines + [f"    {state} --> [*]" for state in m.states if state in m.terminal]
 
 
 def precommit_hooks_yaml() -> str:

@@ -17,3 +17,11 @@ def as_json(value: Any) -> str:
 def emit(fmt: str, value: Any, as_text: Callable[[Any], str]) -> None:
     """Print `value` in `fmt`: JSON uses the schemas' field names, text is for people."""
     print(as_json(value) if fmt == "json" else as_text(value), flush=True)
+
+
+def mermaid(m: Any) -> list[str]:
+    """A state machine (machine.Machine) as a Mermaid state diagram, a list of lines: the
+    docs (generate.py) and `ledger ci`'s step summary draw it alike."""
+    lines = ["stateDiagram-v2", f"    [*] --> {m.initial}"]
+    lines += [f"    {source} --> {target} : {name}" for (source, target), name in m.transitions.items()]
+    return lines + [f"    {state} --> [*]" for state in m.states if state in m.terminal]

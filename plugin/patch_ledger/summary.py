@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from patch_ledger import generate, machine
+from patch_ledger import machine, report
 from patch_ledger.ciflow import Ran, Row
 from patch_ledger.github import Annotation
 from patch_ledger.layout import ROOT
@@ -104,12 +104,12 @@ def _details(title: str, body: list[str]) -> str:
 
 
 def _lifecycle(reached: set[str]) -> str:
-    """The patch machine as docs/state-machines.md draws it (generate renders both), the
+    """The patch machine as docs/state-machines.md draws it (report.mermaid draws both), the
     states this event's patches are in highlighted."""
     marks = ["    classDef reached fill:#dbeafe,stroke:#1d4ed8,stroke-width:2px",
              *(f"    class {s} reached" for s in sorted(reached))] if reached else []
     return _details("Patch lifecycle (the states of this event's patches highlighted)",
-                    ["```mermaid", *generate.mermaid(machine.load("patch")), *marks, "```"])
+                    ["```mermaid", *report.mermaid(machine.load("patch")), *marks, "```"])
 
 
 def _run_graph(root: Path, run: str) -> str:
