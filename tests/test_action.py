@@ -27,7 +27,10 @@ gates:
   - {name: unit, plugin: pytest, required: true, paths: ["tests/"], args: {args: ["tests/", "-q", "-p", "no:cacheprovider"], workers: 0}}
 """
 # a gate that also fails when the action's token reached it
-CHECK = ('import os, sys\nleaked = any("s3cret" in v for v in os.environ.values())\n'
+CHECK = ('import base64, os, sys\n'
+         'forms = ("s3cret", "t0ken", base64.b64encode(b"x-access-token:s3cret").decode(), '
+         'base64.b64encode(b"x-access-token:t0ken").decode())\n'
+         'leaked = any(f in v for v in os.environ.values() for f in forms) or any(k.startswith(("GIT_CONFIG_KEY", "GIT_CONFIG_VALUE")) for k in os.environ)\n'
          'sys.exit(1 if leaked or open("value.txt").read().strip() == "bad" else 0)\n')
 HOSTILE = "x $(touch {pwned}) `touch {pwned}` ${{{{ github.token }}}} | <b>bold</b>"
 
@@ -241,11 +244,26 @@ def test_a_pull_request_proposing_a_revert_rolls_nothing_back(world: World) -> N
     git(world.work, "revert", "--no-edit", "HEAD")
     git(world.work, "push", "-q", "origin", "feature")
     git(world.work, "checkout", "-q", "main")
-    result = world.run("pull_request", pull_request(world, "feature"), "feature")
+    for _ in range(2):  # the second run takes the first one's pushed ledger in, revert patch and all
+        result = world.run("pull_request", pull_request(world, "feature"), "feature")
+        assert result.code == 0, result.stderr
+        # the revert is only proposed: the patch it would undo stays VERIFIED until it lands
+        said = git(world.origin, "log", "-1", "--format=%B", f"refs/ledger/patches/{verified}").stdout
+        assert "Ledger-State: VERIFIED" in said and "ROLLED_BACK" not in result.outputs["states"]
+
+
+def test_a_new_branch_records_its_own_commits_from_a_shallow_checkout(world: World) -> None:
+    feature(world, ("one.txt", "one\n", "add one"), ("two.txt", "two\n", "add two"))
+    head = git(world.work, "rev-parse", "feature").stdout.strip()
+    result = world.run("push", {"ref": "refs/heads/feature", "before": "0" * 40, "after": head, "repository": repo()}, "feature")
     assert result.code == 0, result.stderr
-    # the revert is only proposed: the patch it would undo stays VERIFIED until it lands
-    said = git(world.origin, "log", "-1", "--format=%B", f"refs/ledger/patches/{verified}").stdout
-    assert "Ledger-State: VERIFIED" in said and "ROLLED_BACK" not in result.outputs["states"]
+    # the branch's two commits since it left main: neither the base's files nor one patch of the whole tree
+    ids = result.outputs["patches"].split("\n")
+    assert len(ids) == 2 and json.loads(result.outputs["states"]) == {"VALIDATED": 2}
+    said = [git(world.origin, "log", "-1", "--format=%B", f"refs/ledger/patches/{i}").stdout for i in ids]
+    assert ["Ledger-Message: add one" in said[0], "Ledger-Message: add two" in said[1]] == [True, True], said
+    stored = git(world.origin, "show", f"refs/ledger/patches/{ids[0]}:patch.diff").stdout
+    assert "one.txt" in stored and "value.txt" not in stored and "check.py" not in stored
 
 
 def test_merge_group_and_a_refused_push_lose_nothing(world: World) -> None:
@@ -302,6 +320,9 @@ def test_unwritable_runner_files_and_a_missing_base_are_bad_input(world: World) 
     for name in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"):
         proc = _run_raw(world, "pull_request", path, **{name: str(world.root)})  # a directory: cannot be appended to
         assert proc.returncode == 2 and f"{world.root} (${name}): cannot be written" in proc.stderr
+    proc = _run_raw(world, "pull_request", path, LEDGER_GATES="tests,nosuch")  # an unknown gate: refused before any write
+    assert proc.returncode == 2 and "nosuch" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert git(world.root / "ws", "for-each-ref", "refs/ledger/").stdout == "" and world.summary == ""
     payload["pull_request"]["base"]["sha"] = "1" * 40
     path.write_text(json.dumps(payload))
     proc = _run_raw(world, "pull_request", path)
@@ -364,11 +385,25 @@ def test_outputs_and_summary_files(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert summary.read_text() == "a" * 40 + "\n" + "b" * 40 + "\n(cut)\n"
 
 
-def test_the_token_is_git_s_for_a_block_only(repo: Path) -> None:
+def test_the_token_is_git_s_for_a_block_only(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     key = "http.https://github.com/.extraheader"
+    git(repo, "commit", "-q", "--allow-empty", "-m", "something to point at")
+    spy = repo / ".git" / "hooks" / "reference-transaction"
+    spy.write_text(f"#!/bin/sh\nenv > {repo / 'seen'}\n")
+    spy.chmod(0o755)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")  # the job's own entry (say safe.directory) stays
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "ledger.test")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "kept")
     with github.credentials(repo, "s3cret", "https://github.com/"):
         said = git(repo, "config", "--get", key).stdout  # as git sees it, from the environment
         assert said.startswith("AUTHORIZATION: basic ") and "s3cret" not in said
+        assert git(repo, "config", "--get", "ledger.test").stdout.strip() == "kept"
+        git(repo, "update-ref", "refs/heads/spied", "HEAD")  # a hook the gates may have planted would run here
+    assert not (repo / "seen").exists()
+    git(repo, "update-ref", "-d", "refs/heads/spied")
+    assert (repo / "seen").exists()  # the hook is real: it runs outside the block
+    for k in ("GIT_CONFIG_COUNT", "GIT_CONFIG_KEY_0", "GIT_CONFIG_VALUE_0"):
+        monkeypatch.delenv(k)
     assert git(repo, "config", "--get", key, check=False).returncode == 1 and "GIT_CONFIG_COUNT" not in os.environ
     git(repo, "config", key, "AUTHORIZATION: basic kept")  # actions/checkout's own: left alone
     with github.credentials(repo, "s3cret", "https://github.com"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from patch_ledger import ledger, machine, overview, patches, results, schemas
+from patch_ledger.commands import status
 from tests import builders
 from tests.builders import commit, git, write
 from tests.builders import ledger as cli
@@ -165,3 +167,71 @@ def test_tones_come_from_the_schemas_and_agree_across_machines() -> None:
             assert seen.setdefault(state, t) == t, f"{state} is {seen[state]} in one machine and {t} in {kind}"
     assert overview.tone("FAILED") == "bad" and overview.tone("PENDING") == "plain" and overview.tone(None) == "plain"
     assert overview.tone("HALF_OPEN") == "busy" and overview.tone("VERIFIED") == "good"
+
+
+CONTROL = "\x1b]0;pwn\x07\x1b[2J"  # sets the terminal's title, then clears the screen
+
+
+def _no_control(out: str) -> None:
+    assert not any(c in out for c in "\x1b\x07\r"), repr(out)
+
+
+def test_no_cell_read_from_a_file_drives_the_terminal(busy: Path) -> None:
+    """Ids, states and tool names come from files anyone can push, like messages do."""
+    run = builders.walk("run", "r1", ["RUNNING"], progress=0.5, plan="plans/p.yaml")
+    write(busy, ".ledger/runs/r1/run.json", {**run, "state": CONTROL})
+    write(busy, ".ledger/runs/r1/tasks/c.json", {**builders.task("c", []), "state": CONTROL})
+    write(busy, f".ledger/runs/r{CONTROL}/run.json", run)
+    worker = builders.walk("worker", "w2", ["BUSY", "UNHEALTHY"], run="r1")
+    write(busy, ".ledger/runs/r1/workers/w2.json", {**worker, "id": CONTROL})
+    breaker = builders.walk("breaker", "agent", ["OPEN"], target="agent", failure_threshold=3, consecutive_failures=3)
+    history = [*breaker["history"][:-1], {**breaker["history"][-1], "at": CONTROL}]
+    write(busy, ".ledger/breakers/evil.json", {**breaker, "id": CONTROL, "consecutive_failures": CONTROL, "history": history})
+    proc = cli(busy, "status")
+    assert proc.returncode == 0, proc.stderr
+    _no_control(proc.stdout)
+    assert "?]0;pwn??[2J" in proc.stdout
+
+
+def test_no_cell_of_a_report_drives_the_terminal() -> None:
+    """What the ledger holds (gate names and states, patch ids and states) is printed the
+    same way, whatever reads it."""
+    gates = {CONTROL: {"state": CONTROL, "reason": CONTROL}}
+    patch = {"id": CONTROL, "state": CONTROL, "seq": 1, "at": CONTROL, "actor": CONTROL, "message": CONTROL,
+             "reason": CONTROL, "gates": gates}
+    run = {"id": CONTROL, "state": CONTROL, "progress": None, "tasks": {CONTROL: 1}, "cost": {}, "workers": 0,
+           "unhealthy": [CONTROL, None], "eta_s": None}
+    breaker = {"id": CONTROL, "state": CONTROL, "consecutive_failures": None, "since": CONTROL}
+    report = {"patches": {"total": 1, "by_state": {CONTROL: 1}, "recent": [patch], "quarantined": [patch]},
+              "runs": [run], "breakers": [breaker]}
+    for colour in (False, True):
+        out = status.text(report, colour=colour)
+        _no_control(re.sub(r"\x1b\[[0-9;]*m", "", out))  # only the colours of our own
+
+
+@pytest.mark.parametrize("doc", [
+    {"state": "OPEN", "history": ["x"]},
+    {"state": "OPEN"},
+    {"id": 5, "state": "OPEN", "history": "x", "consecutive_failures": "3"},
+    {"id": ["a"], "state": "HALF_OPEN", "history": [{"at": 5}], "consecutive_failures": -1},
+    {"id": "a", "state": "OPEN", "history": [{}], "consecutive_failures": True},
+])
+def test_a_malformed_breaker_is_shown_with_what_is_readable(repo: Path, doc: dict[str, Any]) -> None:
+    write(repo, ".ledger/breakers/agent.json", doc)
+    report = _status(repo)
+    assert schemas.validate("status", report) == []
+    (b,) = report["breakers"]
+    assert b["id"] == (doc["id"] if isinstance(doc.get("id"), str) else None) and b["state"] == doc["state"]
+    assert b["consecutive_failures"] is None and b["since"] is None
+    proc = cli(repo, "status")
+    assert proc.returncode == 0 and "breakers holding work back: 1" in proc.stdout, proc.stderr
+
+
+def test_workers_counted_live_are_the_worker_machine_s(repo: Path) -> None:
+    """IDLE and BUSY, as schemas/worker.json's `assign` joins them; not DRAINING or UNHEALTHY."""
+    write(repo, ".ledger/runs/r1/run.json", builders.walk("run", "r1", ["RUNNING"], progress=0.0, plan="plans/p.yaml"))
+    for name, states in {"idle": [], "busy": ["BUSY"], "draining": ["DRAINING"], "sick": ["UNHEALTHY"]}.items():
+        write(repo, f".ledger/runs/r1/workers/{name}.json", builders.walk("worker", name, states, run="r1", task="a"))
+    write(repo, ".ledger/runs/r1/workers/odd.json", {"id": "odd", "state": ["IDLE"]})
+    (run,) = _status(repo)["runs"]
+    assert run["workers"] == 2

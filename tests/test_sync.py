@@ -324,8 +324,15 @@ def test_a_revert_that_arrives_by_sync_rolls_the_patch_back(a: Path, b: Path) ->
     sync.sync(b, None)
     # clone b records the revert (as its id, known to the applied patch as its inverse)
     inverse = ledger.move(b, ledger.read_sound(b)[applied.id], "QUARANTINED", "bob", "looks wrong", inverse=reverse_id)
-    ledger.record(b, [(reverse_id, reverse.encode(), {"actor": "bob", "reason": "recorded from a revert"})])
+    ((revert, _),) = ledger.record(b, [(reverse_id, reverse.encode(), {"actor": "bob", "reason": "recorded from a revert"})])
     assert inverse.state == "QUARANTINED"
+    # a revert only recorded (as a pull request proposes it) is not in effect: nothing rolls back
+    sync.sync(b, None)
+    sync.sync(a, None)
+    assert ledger.read_sound(a)[applied.id].state == "QUARANTINED"
+    # once it is applied, the next sync of either clone rolls the patch back
+    for to in ("VALIDATING", "VALIDATED", "APPLIED"):
+        revert = ledger.move(b, revert, to, "bob", "the revert landed")
     sync.sync(b, None)
     sync.sync(a, None)
     assert ledger.read_sound(a)[applied.id].state == "ROLLED_BACK"

@@ -244,7 +244,7 @@ def test_the_workflows_give_this_action_only_inputs_it_declares() -> None:
     # The runner only warns about an unknown input; a misspelt or removed one would be silently
     # dropped (a `token` the action never reads means a ledger that is never pushed).
     inputs = load(action_file()).get("inputs", {})
-    required = {name for name, spec in inputs.items() if spec.get("required") == "true" and "default" not in spec}
+    required = {name for name, spec in inputs.items() if spec.get("required") in (True, "true") and "default" not in spec}
     calls = [(path.name, where, step.get("with", {})) for path in workflow_files()
              for where, step in steps_of(path, load(path)) if step.get("uses") in ("./", "$/")]
     assert calls, "no workflow uses this repository's own action"

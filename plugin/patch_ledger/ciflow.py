@@ -61,7 +61,10 @@ class Ran(NamedTuple):
 
 
 def run(root: Path, event: Event, options: Options) -> Ran:
+    # bad input (no remote, an unknown gate, a broken configuration) is refused before anything is written
     remote = sync.remote_of(root, None)
+    found = gating.plugins()
+    gates = gating.select(gating.configured(root, found), options.gates) if options.run_gates else []
     signed = lambda: credentials(root, options.token, options.server)  # noqa: E731
     with signed():
         base = fetch_commits(root, remote, event)
@@ -70,7 +73,7 @@ def run(root: Path, event: Event, options: Options) -> Ran:
     report = check.check(root, (), base or git.commit_of(root, f"{event.head}^"))
     commits, rolled = _record(root, event, base)
     notes = _advance(root, event, commits, options.actor)
-    attempts = _gate(root, commits, options) if options.run_gates else []
+    attempts = _gate(root, commits, found, gates, options) if gates else []
     if event.lands:
         notes.update(_verify(root, commits, options.actor))
     rows = _rows(root, commits, rolled, notes)
@@ -125,16 +128,14 @@ def _advance(root: Path, event: Event, commits: Sequence[Commit], actor: str) ->
     return notes
 
 
-def _gate(root: Path, commits: Sequence[Commit], options: Options) -> list[dict[str, Any]]:
-    """Run the selected gates (this job's shard of them) on each patch of the event that is
-    still live and has not passed them at its base already (say, in its pull request)."""
-    found = gating.plugins()
-    gates = gating.select(gating.configured(root, found), options.gates)
+def _gate(root: Path, commits: Sequence[Commit], found: gating.Plugins, gates: Sequence[gating.Gate], options: Options) -> list[dict[str, Any]]:
+    """Run `gates` (this job's shard of them) on each patch of the event that is still live
+    and has not passed them at its base already (say, in its pull request)."""
     live = _live(root, commits)
     verdicts = results.of_patches(root, [p for p, _ in live], [g.name for g in gates])
     done: list[dict[str, Any]] = []
     for patch, commit in live:
-        due = [g for g in gates if verdicts[patch.id][g.name].state not in ("PASSED", "SKIPPED")]
+        due = [g for g in gates if verdicts[patch.id][g.name].state not in results.SATISFIED]
         if due:
             with targets.of_commit(root, commit, options.actor) as target:
                 done += gating.run(root, found, due, target, options.shard, options.actor)

@@ -127,17 +127,32 @@ def fetch_commits(root: Path, remote: str, event: Event) -> str | None:
     missing = [c for c in dict.fromkeys((event.base, event.head)) if c and git.commit_of(root, c) is None]
     if missing:
         _fetch(root, remote, event, "--depth=1", *missing)
-    if event.base is None:
+    base = event.base
+    if base is None and event.branch != event.default_branch:
+        base = _default_tip(root, remote, event)  # a new branch: its commits are those since it left the default one
+    if base is None:
+        if shallow(root) and git.commit_of(root, f"{event.head}^") is None:
+            # a shallow checkout's last commit looks like a root: with its parent, it is recorded as the change it is
+            _fetch(root, remote, event, "--deepen=1", event.head)
         return None
     for depth in (*DEEPEN, None):
-        found = git.merge_base(root, event.base, event.head)
+        found = git.merge_base(root, base, event.head)
         if found or not shallow(root):
             break
-        _fetch(root, remote, event, f"--deepen={depth}" if depth else "--unshallow", event.base, event.head)
+        _fetch(root, remote, event, f"--deepen={depth}" if depth else "--unshallow", base, event.head)
     if not found:
-        raise LedgerError(f"{event.path}: the base {event.base[:12]} and the head {event.head[:12]} share no history in {root}; "
+        raise LedgerError(f"{event.path}: the base {base[:12]} and the head {event.head[:12]} share no history in {root}; "
                           "check out the repository itself (actions/checkout) rather than an unrelated tree")
     return found
+
+
+def _default_tip(root: Path, remote: str, event: Event) -> str | None:
+    """The remote's default branch's commit (fetched), or None when it has none yet."""
+    listed = git.run(root, "ls-remote", "--heads", remote, f"refs/heads/{event.default_branch}", check=False).stdout.split()
+    tip = listed[0].decode() if listed else None
+    if tip is not None and git.commit_of(root, tip) is None:
+        _fetch(root, remote, event, "--depth=1", tip)
+    return tip
 
 
 def shallow(root: Path) -> bool:
@@ -173,7 +188,13 @@ def credentials(root: Path, token: str | None, server: str) -> Iterator[None]:
         yield
         return
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-    added = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": key, "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}"}
+    # The gates ran in this same .git: no hook or fsmonitor they may have configured runs
+    # while git holds the token (configuration from the environment overrides the files')
+    pairs = [(key, f"AUTHORIZATION: basic {basic}"), ("core.hooksPath", os.devnull), ("core.fsmonitor", "false")]
+    count = int(os.environ.get("GIT_CONFIG_COUNT") or 0)  # entries the job set itself stay
+    added = {"GIT_CONFIG_COUNT": str(count + len(pairs))}
+    for i, (k, v) in enumerate(pairs, start=count):
+        added.update({f"GIT_CONFIG_KEY_{i}": k, f"GIT_CONFIG_VALUE_{i}": v})
     before = {k: os.environ.get(k) for k in added}
     os.environ.update(added)
     try:

@@ -45,7 +45,7 @@ def verify(root: Path, given: str, actor: str) -> ledger.Patch:
     required = gating.required(root)
     verdicts = results.of_patches(root, [patch], required)[patch.id]
     gates = {name: v.state for name, v in verdicts.items()}
-    missing = [g for g in required if gates[g] not in ("PASSED", "SKIPPED")]
+    missing = [g for g in required if gates[g] not in results.SATISFIED]
     if missing:
         said = ", ".join(f"{g} {verdicts[g].state} ({verdicts[g].reason})" for g in missing)
         return ledger.move(root, patch, "QUARANTINED", actor, f"required gate(s) did not pass: {said}", gates=gates)

@@ -128,7 +128,7 @@ class Orchestrator:
         self.note = "draining on Ctrl-C: running tasks finish, nothing new starts (Ctrl-C again stops at once)"
         for slot in self.slots.values():
             self.pool.send(slot, {"stop": True})
-            if self.store.read("worker", slot.id)["state"] in ("IDLE", "BUSY"):
+            if _healthy(self.store.read("worker", slot.id)["state"]):
                 self.store.move("worker", slot.id, "DRAINING", self.options.actor, "Ctrl-C: finishing its job, taking no more",
                                 fields={"task": None})
 
@@ -308,7 +308,7 @@ class Orchestrator:
             return
         self.pool.kill(slot)
         state = self.store.read("worker", slot.id)["state"]
-        if state in ("IDLE", "BUSY"):
+        if _healthy(state):
             self.store.move("worker", slot.id, "UNHEALTHY", self.options.actor, why)
         self.store.move("worker", slot.id, "TERMINATED", self.options.actor, "killed with its job's process group")
         for tid, attempt in slot.jobs:
@@ -686,6 +686,11 @@ class Orchestrator:
         line = " ".join(f"{n} {s}" for s, n in sorted(counts.items())) + eta
         sys.stderr.write(f"\r\033[K{self.run}: {line}")
         sys.stderr.flush()
+
+
+def _healthy(worker_state: str) -> bool:
+    """A worker at work or ready for it: a state it could fall sick from (schemas/worker.json)."""
+    return machine.load("worker").is_legal(worker_state, "UNHEALTHY")
 
 
 def _summed(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -112,9 +112,9 @@ def _take(entry: dict[str, Any], kind: str, file_id: str | None, doc: dict[str, 
         if doc.get("state") == "COMPLETED" and isinstance(doc.get("duration_s"), (int, float)):
             entry["durations"].append(doc["duration_s"])
         if "tasks_detail" in entry:
-            entry["tasks_detail"].append(_task_detail(file_id, doc))
+            entry["tasks_detail"].append(task_detail(str(file_id), doc))
     else:
-        entry["workers"] += doc.get("state") in ("IDLE", "BUSY")
+        entry["workers"] += _text(doc.get("state")) in _live_worker_states()
         history = doc.get("history") if isinstance(doc.get("history"), list) else []
         if any(h.get("to") == "UNHEALTHY" for h in history if isinstance(h, dict)):
             entry["unhealthy"].append(_text(doc.get("id")))
@@ -128,11 +128,30 @@ def _number(value: Any) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _task_detail(file_id: str | None, doc: dict[str, Any]) -> dict[str, Any]:
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@lru_cache(maxsize=None)
+def _live_worker_states() -> frozenset[str]:
+    """The states of a worker that works or can: both ends of schemas/worker.json's `assign`
+    (IDLE -> BUSY), so a DRAINING one, which takes no new task, does not count for an ETA."""
+    return frozenset(s for pair, name in machine.load("worker").transitions.items() if name == "assign" for s in pair)
+
+
+def read_tasks(root: Path, run: str) -> list[dict[str, Any]]:
+    """The tasks of one run as `task_detail` shows them, for a report that draws one run."""
+    folder = root / ROOT / "runs" / run / "tasks"
+    return [task_detail(path.stem, _read(path)) for path in sorted(folder.glob("*.json"))]
+
+
+def task_detail(file_id: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """A task file as every DAG draws it; what a hand-broken file holds wrongly is shown as
+    missing, and only the ids among its `depends_on` count (`ledger check` names the rest)."""
     deps = doc.get("depends_on")
-    return {"id": str(doc.get("id") or file_id), "state": _text(doc.get("state")) or "UNREADABLE",
-            "workstream": doc.get("workstream"), "title": doc.get("title"),
-            "depends_on": [str(d) for d in deps] if isinstance(deps, list) else []}
+    return {"id": _text(doc.get("id")) or file_id, "state": _text(doc.get("state")) or "UNREADABLE",
+            "workstream": _text(doc.get("workstream")), "title": _text(doc.get("title")),
+            "depends_on": [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []}
 
 
 def _finished_entry(r: dict[str, Any]) -> dict[str, Any]:
@@ -148,13 +167,16 @@ def _finished_entry(r: dict[str, Any]) -> dict[str, Any]:
 def read_breakers(root: Path) -> list[dict[str, Any]]:
     """The tools' breakers that hold work back (any state but the breaker's initial, CLOSED)."""
     m = machine.load("breaker")
-    out = []
-    for path in sorted((root / ROOT / "breakers").glob("*.json")):
-        doc = _read(path)
-        if doc.get("state") in m.states and doc["state"] != m.initial:
-            out.append({"id": doc.get("id"), "state": doc["state"], "consecutive_failures": doc.get("consecutive_failures"),
-                        "since": (doc.get("history") or [{}])[-1].get("at")})
-    return out
+    breakers = (_breaker(_read(path)) for path in sorted((root / ROOT / "breakers").glob("*.json")))
+    return [b for b in breakers if b["state"] in m.states and b["state"] != m.initial]
+
+
+def _breaker(doc: dict[str, Any]) -> dict[str, Any]:
+    """One breaker file; what a hand-broken one holds wrongly is shown as missing, as for runs."""
+    history = doc.get("history") if isinstance(doc.get("history"), list) else []
+    last = history[-1] if history and isinstance(history[-1], dict) else {}
+    return {"id": _text(doc.get("id")), "state": _text(doc.get("state")),
+            "consecutive_failures": _count(doc.get("consecutive_failures")), "since": _text(last.get("at"))}
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -339,10 +339,13 @@ def _roll_back_reverted(root: Path, live: dict[str, ledger.Patch], seen: list[tu
 
 
 def roll_back_reverted(root: Path, actor: str) -> list[ledger.Patch]:
-    """Every live patch whose revert is in the ledger, rolled back: after a sync brought either."""
-    ids = ledger.ids_in_ledger(root)
+    """Every live patch whose revert is in effect, rolled back: after a sync brought either.
+    A revert is in effect when it is itself in a state it could be rolled back from (it was
+    applied); one merely recorded or validated, as a pull request proposes it, is not."""
+    m = machine.load("patch")
+    in_effect = {p.id for p in ledger.read_sound(root).values() if m.is_legal(p.state, "ROLLED_BACK")}
     live = _live_by_inverse(root)
-    return _roll_back_reverted(root, live, [(i, f"its revert {i[:12]} is in the ledger", actor) for i in sorted(ids & set(live))])
+    return _roll_back_reverted(root, live, [(i, f"its revert {i[:12]} is in effect", actor) for i in sorted(in_effect & set(live))])
 
 
 def report(patch: ledger.Patch, steps: list[ledger.Patch] | None = None) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from patch_ledger.errors import LedgerError
 
 PREFIX = "refs/ledger/gates/"
 DOC = "gate.json"
-FINISHED = ("PASSED", "FAILED", "SKIPPED")
+FINISHED = tuple(sorted(machine.load("gate").terminal))  # an attempt that ended: schemas/gate.json's terminal states
+# the verdicts that let a patch through: it passed, or it touches none of the gate's paths
+SATISFIED = ("PASSED", "SKIPPED")
 
 # trailer key -> field, in the order they are written; every one appears exactly once
 TRAILERS: dict[str, str] = {

@@ -4,19 +4,19 @@ the patch lifecycle and of each run's tasks inside <details>), and the annotatio
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from patch_ledger import machine, report
+from patch_ledger import machine, overview, report
 from patch_ledger.ciflow import Ran, Row
 from patch_ledger.github import Annotation
-from patch_ledger.layout import ROOT
 
 SHOWN_FINDINGS = 50  # in the summary; every one is in the annotations' count and `ledger check`
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+!|~>$-])")  # $: GitHub renders $...$ as math
-_ICONS = {"PASSED": "✅", "FAILED": "❌", "SKIPPED": "⏭️", "RUNNING": "⏳", "PENDING": "⏳"}
+# What GitHub still reads as markdown or HTML inside a <code> tag: shown as entities instead.
+_IN_CODE = re.compile(r"[\[\]()*_!~$\\`<>&|]")
+_TONE_ICONS = {"good": "✅", "bad": "❌", "busy": "⏳"}  # tones: x-state-machine.tones in schemas/
 
 
 def text(value: str) -> str:
@@ -27,9 +27,20 @@ def text(value: str) -> str:
 
 
 def code(value: str) -> str:
-    """Untrusted text as code: HTML, since markdown escapes do not work inside backticks."""
-    value = " ".join(value.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return f"<code>{value.replace('|', '&#124;')}</code>"
+    """Untrusted text as code, on one line: an HTML tag, since backslash escapes do not work
+    inside backticks; GitHub parses markdown inside the tag, so a name like `[x](url)` would
+    be a link there: its markdown and HTML characters are entities."""
+    return f"<code>{_IN_CODE.sub(lambda m: f'&#{ord(m.group())};', ' '.join(value.split()))}</code>"
+
+
+def span(value: str) -> str:
+    """Untrusted text as a markdown code span, on one line, outside a table (where `|` would
+    still end the cell): nothing inside one is markup, and no escape works there either, so
+    the fence is one backtick longer than the longest run of them in the text."""
+    value = " ".join(value.split())
+    fence = "`" * (max(map(len, re.findall("`+", value)), default=0) + 1)
+    pad = " " if not value or value[0] == "`" or value[-1] == "`" else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
 
 
 def blocks(ran: Ran, root: Path) -> list[str]:
@@ -47,7 +58,7 @@ def truncation_note(ran: Ran) -> str:
 
 def _headline(ran: Ran) -> str:
     e = ran.event
-    what = f"pull request #{e.number}: {text(e.title)}" if e.number is not None else f"{e.name} to `{text(e.branch)}`"
+    what = f"pull request #{e.number}: {text(e.title)}" if e.number is not None else f"{text(e.name)} to {span(e.branch)}"
     verdict = "❌ failure" if ran.failed else "✅ success"
     failed = sum(r.failed for r in ran.rows)
     lines = [f"## patch-ledger: {verdict}", "",
@@ -55,7 +66,7 @@ def _headline(ran: Ran) -> str:
     if ran.read_only:
         lines += ["", f"> **Read-only:** {text(ran.read_only)}. Nothing was pushed; everything above was still checked and reported."]
     elif ran.pushed is not None:
-        lines += ["", f"Ledger pushed to `{text(ran.remote)}`: {ran.pushed} ref(s) updated."]
+        lines += ["", f"Ledger pushed to {span(ran.remote)}: {ran.pushed} ref(s) updated."]
     return "\n".join(lines)
 
 
@@ -67,11 +78,20 @@ def _patch_table(rows: list[Row]) -> list[str]:
 
 
 def _row(r: Row) -> str:
-    gates = "<br>".join(f"{_ICONS.get(v.state, '')} {text(g)} {v.state}{' (required)' if g in r.required else ''}"
+    gates = "<br>".join(f"{_icon(v.state)} {text(g)} {text(v.state)}{' (required)' if g in r.required else ''}"
                         for g, v in r.gates.items()) or "none"
-    commit = f"`{r.commit[:12]}`" if r.commit else ""
-    return (f"| {'❌' if r.failed else '✅'} | `{r.patch.id[:12]}` | **{r.patch.state}** | {commit} | {gates} | "
+    commit = code(r.commit[:12]) if r.commit else ""
+    return (f"| {'❌' if r.failed else '✅'} | {code(r.patch.id[:12])} | **{text(r.patch.state)}** | {commit} | {gates} | "
             f"{text(r.patch.message or '')} | {text(r.note)} |")
+
+
+def _icon(state: str) -> str:
+    """A gate state's icon, from its tone; one with no tone is waiting (⏳) until it is final,
+    then passed over (⏭️, SKIPPED)."""
+    tone = overview.tone(state)
+    if tone in _TONE_ICONS:
+        return _TONE_ICONS[tone]
+    return "⏭️" if state in machine.load("gate").terminal else "⏳"
 
 
 def _findings(ran: Ran) -> list[str]:
@@ -88,7 +108,7 @@ def _failures(attempts: Iterable[Mapping[str, Any]]) -> list[str]:
     failed = [a for a in attempts if a["state"] == "FAILED"]
     out = []
     for a in failed:
-        lines = ["", f"### Gate {text(a['gate'])} failed on `{a['patch'][:12]}` (shard {a['shard']})", "",
+        lines = ["", f"### Gate {text(a['gate'])} failed on {code(a['patch'][:12])} (shard {text(str(a['shard']))})", "",
                  text(a["history"][-1]["reason"])]
         lines += [f"- {code(f['test'])}{_where(f)}: {text(f['message'][:500])}" for f in a.get("failures", [])[:SHOWN_FINDINGS]]
         out.append("\n".join(lines))
@@ -113,25 +133,19 @@ def _lifecycle(reached: set[str]) -> str:
 
 
 def _run_graph(root: Path, run: str) -> str:
-    """A run's tasks as a graph: each task with its state, an edge from each dependency."""
-    tasks = {}
-    for path in sorted((root / ROOT / "runs" / run / "tasks").glob("*.json")):
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            tasks[doc["id"]] = doc
+    """A run's tasks as a graph: each task with its state, an edge from each dependency
+    (read as `ledger report` reads them, so a malformed task file cannot stop the summary)."""
+    tasks = {t["id"]: t for t in overview.read_tasks(root, run)}
     node = {tid: f"t{i}" for i, tid in enumerate(tasks)}
     lines = ["```mermaid", "flowchart LR"]
-    lines += [f'    {node[t]}["{_label(t)}<br/>{_label(str(d.get("state")))}"]' for t, d in tasks.items()]
-    lines += [f"    {node[dep]} --> {node[t]}" for t, d in tasks.items() for dep in d.get("depends_on") or [] if dep in node]
+    lines += [f'    {node[t]}["{_label(t)}<br/>{_label(d["state"])}"]' for t, d in tasks.items()]
+    lines += [f"    {node[dep]} --> {node[t]}" for t, d in tasks.items() for dep in d["depends_on"] if dep in node]
     return _details(f"Run {text(run)}: {len(tasks)} task(s)", [*lines, "```"])
 
 
 def _label(value: str) -> str:
-    """Text inside a Mermaid label: its quotes and markup as entities, nothing else special."""
-    return re.sub(r'["<>&#`]', lambda m: f"#{ord(m.group())};", value)[:80]
+    """Text inside a Mermaid label, on one line: its quotes and markup as entities."""
+    return re.sub(r'["<>&#`]', lambda m: f"#{ord(m.group())};", " ".join(value.split()))[:80]
 
 
 def annotations(ran: Ran) -> list[Annotation]:

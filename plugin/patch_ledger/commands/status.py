@@ -34,20 +34,20 @@ def text(report: dict[str, Any], colour: bool = False) -> str:
     if report["breakers"]:
         lines.append(f"breakers holding work back: {len(report['breakers'])}")
         lines += _table(["TOOL", "STATE", "SINCE", "FAILURES IN A ROW"],
-                        [[b["id"], [(b["state"], b["state"])], _when(b["since"]), str(b["consecutive_failures"])]
+                        [[b["id"] or "?", [(b["state"], b["state"])], _when(b["since"]), _known(b["consecutive_failures"])]
                          for b in report["breakers"]], colour)
     return "\n".join(lines)
 
 
 def _patches(p: dict[str, Any], colour: bool) -> list[str]:
-    counts = ", ".join(f"{n} {s}" for s, n in p["by_state"].items())
+    counts = _printable(", ".join(f"{n} {s}" for s, n in p["by_state"].items()))
     lines = [f"patches: {p['total']}" + (f" ({counts})" if p["total"] else "")]
     lines += _table(["PATCH", "STATE", "AT", "ACTOR", "GATES", "MESSAGE"],
-                    [[x["id"][:12], [(x["state"], x["state"])], _when(x["at"]), _printable(x["actor"]), _gates(x),
-                      _printable(x["message"] or "")] for x in p["recent"]], colour)
+                    [[x["id"][:12], [(x["state"], x["state"])], _when(x["at"]), x["actor"], _gates(x), x["message"] or ""]
+                     for x in p["recent"]], colour)
     if p["quarantined"]:
         lines.append(f"quarantined: {len(p['quarantined'])}")
-        lines += _table(["PATCH", "SINCE", "REASON"], [[x["id"][:12], _when(x["at"]), _printable(x["reason"])]
+        lines += _table(["PATCH", "SINCE", "REASON"], [[x["id"][:12], _when(x["at"]), x["reason"]]
                                                       for x in p["quarantined"]], colour)
     return lines
 
@@ -86,18 +86,28 @@ def _when(stamp: str | None) -> str:
     return (stamp or "-")[:19].replace("T", " ")
 
 
+def _known(value: Any) -> str:
+    return "?" if value is None else str(value)
+
+
 def _printable(value: str) -> str:
-    """Messages, actors and reasons come from anyone who can push: no control character of
-    theirs (an escape sequence, a carriage return) reaches the terminal."""
+    """Every cell comes from a file or the ledger, which anyone who can push writes: no
+    control character of theirs (an escape sequence, a carriage return) reaches the
+    terminal. One "?" a character, so the columns stay aligned."""
     return "".join(c if c.isprintable() else "?" for c in value)
 
 
 def _table(header: list[str], rows: list[list[Cell]], colour: bool) -> list[str]:
-    """Rows under a header, every column as wide as its widest cell (the last one unpadded)."""
-    cells = [[[(h, "head")] for h in header], *([[(c, "")] if isinstance(c, str) else list(c) for c in row] for row in rows)]
+    """Rows under a header, every column as wide as its widest cell (the last one unpadded);
+    every piece of text made printable here, so no cell can be forgotten."""
+    cells = [[[(h, "head")] for h in header], *([_pieces(c) for c in row] for row in rows)]
     widths = [max(sum(len(t) for t, _ in row[i]) for row in cells) for i in range(len(header))]
     return ["  " + "  ".join(_cell(c, widths[i] if i < len(row) - 1 else 0, colour) for i, c in enumerate(row)).rstrip()
             for row in cells]
+
+
+def _pieces(cell: Cell) -> list[tuple[str, str]]:
+    return [(_printable(t), state) for t, state in ([(cell, "")] if isinstance(cell, str) else cell)]
 
 
 def _cell(pieces: list[tuple[str, str]], width: int, colour: bool) -> str:
