@@ -240,3 +240,21 @@ def test_the_store_works_in_a_linked_worktree(repo: Path, tmp_path: Path) -> Non
     assert subprocess.run(["git", "-C", str(other), "status", "--porcelain", "-uall"], capture_output=True,
                           text=True).stdout.count("\n") == 5
     shutil.rmtree(other)
+
+
+def test_load_keeps_a_field_a_later_transition_set_over_an_earlier_update(repo: Path) -> None:
+    # a failed attempt's cost is an update; the next attempt's transition sets the cost again:
+    # replaying the log over files that already hold both must end at the transition's value
+    store = new_run(repo, tasks=("t1",))
+    store.move("task", "t1", "QUEUED", ACTOR, "no dependencies")
+    store.move("task", "t1", "RUNNING", "worker-1", "attempt 1", fields={"attempts": 1})
+    store.update("task", "t1", {"cost": {"tokens": 10}})
+    store.move("task", "t1", "RETRYING", ACTOR, "exit code 1")
+    store.move("task", "t1", "QUEUED", ACTOR, "again")
+    store.move("task", "t1", "RUNNING", "worker-1", "attempt 2", fields={"attempts": 2})
+    store.move("task", "t1", "VALIDATING", "worker-1", "exit code 0", fields={"cost": {"tokens": 25}})
+    store.flush()
+    loaded = RunStore.load(repo, RUN)
+    assert loaded.read("task", "t1")["cost"] == {"tokens": 25}
+    assert files(repo)["tasks/t1.json"]["cost"] == {"tokens": 25}
+    assert problems(repo) == []

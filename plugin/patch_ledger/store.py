@@ -235,9 +235,11 @@ class RunStore:
                                                           event["at"], event.get("data"))
                     self._dirty[key] = None
                 continue
+            # the fields of every event are set again in log order, a step the file holds
+            # included: a field's last setter wins, as it did when the events were made
+            self._apply(key, event.get("data", {}))
             if entry in doc["history"]:
                 continue
-            self._apply(key, event.get("data", {}))
             doc["history"].append(entry)
             doc["state"] = entry["to"]
             self._dirty[key] = None
