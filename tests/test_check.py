@@ -385,18 +385,34 @@ def test_a_completed_run_needs_its_workstreams_finished(committed: Run) -> None:
 
 
 def test_an_event_without_a_history_entry_is_refused(committed: Run) -> None:
+    # an event the file lacks, followed by a step the file holds: not a file that lags the log
     entry = {"from": "RUNNING", "to": "VALIDATING", "at": stamp(30), "actor": "tester", "reason": ""}
     committed.log("task", "b", entry)
+    seq = len(committed.events)
+    committed.step(tpath("b"), "VALIDATING", 40)
     committed.save()
 
     report = check(committed.repo)
 
     assert report["exit_code"] == 1
-    seq = len(committed.events)
     found = one(report, EVENTS, "run", f"event {seq} ")
     assert "task b RUNNING -> VALIDATING" in found["message"]
     assert (found["pointer"], found["line"]) == (f"/{seq - 1}", seq)
     assert len(report["findings"]) == 1
+
+
+def test_a_file_behind_its_run_s_log_is_the_run_as_the_log_says(committed: Run) -> None:
+    # the log is the write-ahead log: a crash between it and the files leaves this state, and
+    # the run is judged as its log says it is (the step replayed, then every other check)
+    entry = {"from": "RUNNING", "to": "VALIDATING", "at": stamp(30), "actor": "tester", "reason": ""}
+    committed.log("task", "b", entry)
+    committed.save()
+    assert check(committed.repo)["findings"] == []
+    illegal = {"from": "VALIDATING", "to": "QUEUED", "at": stamp(31), "actor": "tester", "reason": ""}
+    committed.log("task", "b", illegal)  # no transition of the task machine: not replayed, reported
+    committed.save()
+    found = one(check(committed.repo), EVENTS, "run", f"event {len(committed.events)} ")
+    assert "task b VALIDATING -> QUEUED" in found["message"]
 
 
 def test_a_history_entry_without_an_event_is_refused(committed: Run) -> None:

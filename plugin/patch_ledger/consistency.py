@@ -1,14 +1,17 @@
 """Invariants across the files of one run: references resolve, dependencies form no cycle,
 aggregates agree with their tasks (the run guards), and the event log agrees with every
-history. Only documents that passed their own checks take part."""
+history. Only documents that passed their own checks take part, brought up to the run's
+event log first (patch_ledger.replay): the log is the run's write-ahead log, so files that
+lag it by the steps a crash interrupted are the run as its log says it is, not a mismatch."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any, Callable, Iterator, Sequence
 
-from patch_ledger import guards, machine
+from patch_ledger import guards, machine, replay
 from patch_ledger.findings import Finding, pointer
+from patch_ledger.layout import path_of
 
 Locate = Callable[[Any, str, Sequence[Any]], "tuple[int, int]"]
 
@@ -26,11 +29,29 @@ def findings(run: str, loaded: Sequence[Any], locate: Locate, retired: Sequence[
             known.setdefault(item.file.kind, set()).add(item.file.id or run)
             if item.valid:
                 docs.by_kind.setdefault(item.file.kind, {})[item.data["id"]] = (item.file.path, item.data)
+    _catch_up(run, docs, known, loaded)
     out = []
     for path, parts, message in _problems(run, docs, known, loaded):
-        item = by_path[path]
-        out.append(Finding(path, *locate(item.file, item.text, parts), "run", message, pointer(parts)))
+        item = by_path.get(path)  # None: a document only the log holds yet
+        where = locate(item.file, item.text, parts) if item else (1, 1)
+        out.append(Finding(path, *where, "run", message, pointer(parts)))
     return out
+
+
+def _catch_up(run: str, docs: guards.RunDocs, known: dict[str, set[str]], loaded: Sequence[Any]) -> None:
+    """`docs` as the run's event log says they are: copies of the files brought up to it."""
+    events = next((item.data for item in loaded if item.file.kind == "event" and item.valid), None)
+    if not events:
+        return
+    current = {(kind, i): {**doc, "history": list(doc["history"])} for kind, entities in docs.by_kind.items()
+               for i, (_, doc) in entities.items()}
+    paths = {(kind, i): path for kind, entities in docs.by_kind.items() for i, (path, _) in entities.items()}
+    # a file that exists but failed its own checks is reported as it is, never made anew from the log
+    changed = replay.catch_up(current, events, may_create=lambda key: key[1] not in known.get(key[0], set()))
+    for kind, entity_id in changed:
+        path = paths.get((kind, entity_id)) or path_of(kind, run, entity_id)
+        docs.by_kind.setdefault(kind, {})[entity_id] = (path, current[(kind, entity_id)])
+        known.setdefault(kind, set()).add(entity_id)
 
 
 def _problems(run: str, docs: guards.RunDocs, known: dict[str, set[str]], loaded: Sequence[Any]) -> Iterator[tuple[str, tuple[Any, ...], str]]:

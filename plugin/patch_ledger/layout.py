@@ -24,6 +24,11 @@ LAYOUT: tuple[tuple[str, str], ...] = (
 _SEGMENT = r"[^/]+"
 
 
+def path_of(kind: str, run: str, doc_id: str) -> str:
+    """Where the file of entity `doc_id` of `kind` in `run` lives."""
+    return dict(LAYOUT)[kind].format(run=run, id=doc_id)
+
+
 def _regex(pattern: str, named: bool) -> str:
     out = re.escape(pattern)
     for key in ("run", "id"):

@@ -20,18 +20,14 @@ import ctypes
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping, Sequence
 
-from patch_ledger import machine, schemas
-from patch_ledger.layout import LAYOUT
+from patch_ledger import machine, replay, schemas
+from patch_ledger.layout import LAYOUT, path_of
 
 Doc = dict[str, Any]
 _PATTERNS = dict(LAYOUT)
 SYNCFS_FROM = 5  # files in a batch from which one syncfs beats an fsync each (~5 ms vs ~1 ms here)
-
-
-def path_of(kind: str, run: str, doc_id: str) -> str:
-    return _PATTERNS[kind].format(run=run, id=doc_id)
 
 
 class RunStore:
@@ -220,42 +216,11 @@ class RunStore:
         store._seq = _count_lines(store.events_path)
         return store
 
-    def _replay(self, events: Iterable[Doc]) -> None:
-        for event in events:
-            key = (event.get("entity", ""), event.get("id", ""))
-            if event.get("type") == "update" and key in self._docs:
-                self._apply(key, event.get("data", {}))
-            if event.get("type") != "transition":
-                continue
-            entry = {k: event[k] for k in ("from", "to", "at", "actor", "reason")}
-            doc = self._docs.get(key)
-            if doc is None:
-                if event["from"] is None:
-                    self._docs[key] = machine.new_document(event["entity"], event["id"], event["actor"], event["reason"],
-                                                          event["at"], event.get("data"))
-                    self._dirty[key] = None
-                continue
-            # the fields of every event are set again in log order, a step the file holds
-            # included: a field's last setter wins, as it did when the events were made
-            self._apply(key, event.get("data", {}))
-            if entry in doc["history"]:
-                continue
-            doc["history"].append(entry)
-            doc["state"] = entry["to"]
-            self._dirty[key] = None
+    def _replay(self, events: Sequence[Doc]) -> None:
+        """The files brought up to the log (patch_ledger.replay), the changed ones rewritten."""
+        self._dirty.update(dict.fromkeys(sorted(replay.catch_up(self._docs, events))))
         if self._dirty:
             self.flush()
-
-    def _apply(self, key: tuple[str, str], data: Mapping[str, Any]) -> None:
-        """Fields an event set (None: removed) into the cached document, if they change it."""
-        doc = self._docs[key]
-        for field, value in data.items():
-            if value is None and field in doc:
-                del doc[field]
-                self._dirty[key] = None
-            elif value is not None and doc.get(field) != value:
-                doc[field] = value
-                self._dirty[key] = None
 
 
 _compact = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode  # the C encoder
