@@ -19,6 +19,7 @@ from patch_ledger.source import worktree
 
 RECENT = 10
 
+
 def tone(state: str | None) -> str:
     """good, bad, busy or plain: how a state should look, as its machine's schema says
     (`x-state-machine.tones`); a state name means the same in every machine that has it."""
