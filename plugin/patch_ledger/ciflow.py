@@ -117,13 +117,14 @@ def _advance(root: Path, event: Event, commits: Sequence[Commit], actor: str) ->
     """Validate the event's new patches; on the default branch, a VALIDATED one is APPLIED
     (git merged it; nothing is applied again). patch id -> what happened to it."""
     notes: dict[str, str] = {}
+    now = ledger.read_ids(root, [c.patch for c in commits])  # one read; kept current as they move
     for c in commits:
-        patch = ledger.read_ids(root, [c.patch])[c.patch]
+        patch = now[c.patch]
         if patch.state in ("PENDING", "VALIDATING"):
-            patch = validation.validate(root, patch.id, actor)
+            patch = now[c.patch] = validation.validate(root, patch.id, actor)
             notes[patch.id] = "validated" if patch.state == "VALIDATED" else "rejected"
         if event.lands and patch.state == "VALIDATED":
-            ledger.move(root, patch, "APPLIED", actor, f"merged into {event.branch} as commit {c.commit}")
+            now[c.patch] = ledger.move(root, patch, "APPLIED", actor, f"merged into {event.branch} as commit {c.commit}")
             notes[patch.id] = f"merged into {event.branch}"
     return notes
 
