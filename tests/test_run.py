@@ -624,32 +624,70 @@ def test_a_task_that_cannot_start_fails_instead_of_hanging(repo: Path, spec: dic
 # --- heartbeats, Ctrl-C, resume ----------------------------------------------------------
 
 
-def test_a_worker_that_stops_beating_is_unhealthy_killed_and_its_task_a_new_attempt(repo: Path) -> None:
+def test_a_scheduler_that_stops_beating_is_killed_with_its_jobs_and_resume_makes_a_new_attempt(repo: Path) -> None:
     setup(repo, ws("a", task("t1", sleeper(1.5))), max_attempts=3)
     proc = start(repo, "run", "p", "--workers", "1", "--heartbeat", "0.3")
     wait_for(lambda: task_state(repo, "t1") == "RUNNING" and (repo / "pids" / "t1").read_text())
     worker = read(repo, "worker", read(repo, "task", "t1")["worker"])
+    assert worker["pid"] == proc.pid  # a worker is a slot of the scheduler's process
     first_job = int((repo / "pids" / "t1").read_text())
-    os.kill(worker["pid"], signal.SIGSTOP)
+    os.kill(proc.pid, signal.SIGSTOP)  # frozen: it beats no more
     stopped = time.time()
-    try:
-        result = finish(proc)
-    finally:
-        if alive(worker["pid"]):
-            os.kill(worker["pid"], signal.SIGCONT)
-    assert result.returncode == 0, result.stderr
+    result = finish(proc, timeout=5)
+    assert result.returncode == -signal.SIGKILL and time.time() - stopped < 2.0  # its watchdog: two intervals, 0.6 s
+    wait_for(lambda: not alive(first_job), timeout=2)  # and its job, at once: a task never runs twice at once
+    again = ledger(repo, "run", "--resume", run_id(repo))
+    assert again.returncode == 0, again.stderr
     lost = read(repo, "worker", worker["id"])
     assert [h["to"] for h in lost["history"]][-2:] == ["UNHEALTHY", "TERMINATED"]
-    unhealthy = lost["history"][-2]
-    assert "missed two heartbeats" in unhealthy["reason"] and epoch(unhealthy["at"]) - stopped < 2.0
-    assert not alive(worker["pid"]) and not alive(first_job)
+    assert "missed two heartbeats (0.6 s)" in lost["history"][-2]["reason"]
     doc = read(repo, "task", "t1")
     assert doc["state"] == "COMPLETED" and doc["attempts"] == 2
     assert [h["to"] for h in doc["history"]] == ["PENDING", "QUEUED", "RUNNING", "RETRYING", "QUEUED", "RUNNING",
                                                  "VALIDATING", "COMPLETED"]
-    assert done_lines(repo, "t1") == ["2"]  # the first attempt was killed before it finished: never twice at once
-    assert len(docs(repo, "worker")) == 2
+    assert done_lines(repo, "t1") == ["2"]  # the first attempt was killed before it finished
+    assert not (repo / ".git" / "ledger" / "runs" / run_id(repo) / "lost").exists()  # the note was taken
     assert_state_is_whole(repo)
+
+
+def test_a_killed_scheduler_s_jobs_die_with_it(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", sleeper(30)), task("t2", sleeper(30))))
+    proc = start(repo, "run", "p", "--workers", "2")
+    wait_for(lambda: all((repo / "pids" / t).exists() and (repo / "pids" / t).read_text() for t in ("t1", "t2")))
+    jobs = [int((repo / "pids" / t).read_text()) for t in ("t1", "t2")]
+    proc.kill()
+    finish(proc)
+    wait_for(lambda: not any(alive(j) for j in jobs), timeout=2)
+
+
+def test_resume_kills_the_jobs_a_dead_scheduler_left_when_its_watchdog_died_too(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", sleeper(30))), max_attempts=1)
+    proc = start(repo, "run", "p", "--workers", "1")
+    wait_for(lambda: (repo / "pids" / "t1").exists() and (repo / "pids" / "t1").read_text())
+    job = int((repo / "pids" / "t1").read_text())
+    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its watchdog at once; the job is in a session of its own
+    finish(proc)
+    assert alive(job)
+    plan = repo / ".ledger" / "plans" / "p.yaml"
+    plan.write_text(plan.read_text().replace("sleep 30", "sleep 0.01"))
+    again = ledger(repo, "run", "--resume", run_id(repo))
+    assert again.returncode == 0, again.stderr
+    assert not alive(job)
+    assert "1 job(s) it left running killed" in read(repo, "worker", "worker-1")["history"][-2]["reason"]
+    assert done_lines(repo, "t1") == ["2"]
+
+
+def test_a_run_is_run_by_one_scheduler_at_a_time(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", sleeper(1))))
+    proc = start(repo, "run", "p")
+    wait_for(lambda: task_state(repo, "t1") == "RUNNING")
+    before = all_events(repo)
+    second = ledger(repo, "run", "--resume", run_id(repo))
+    assert second.returncode == 2
+    assert second.stderr.strip().count("\n") == 0 and f"run {run_id(repo)} is being run by process {proc.pid}" in second.stderr
+    assert all_events(repo)[:len(before)] == before
+    assert finish(proc).returncode == 0
+    assert done_lines(repo, "t1") == ["1"]
 
 
 def test_ctrl_c_drains_running_tasks_pauses_and_resume_completes(repo: Path) -> None:

@@ -1,15 +1,16 @@
-"""`ledger run`: a plan's tasks executed as a DAG by a pool of worker processes.
+"""`ledger run`: a plan's tasks executed as a DAG by a pool of workers.
 
-One loop, in one thread, owns the state: it reads the workers' messages (patch_ledger.workerproc),
-moves tasks, workstreams, workers and breakers through their machines in the run's RunStore,
-and flushes each batch durably before the next (the event log first). Ready tasks go out by
-priority, each worker holding at most LOOKAHEAD jobs so it never waits for the loop. A task
-that fails is retried after an exponential backoff whose jitter is fixed by the task and the
-attempt; one out of attempts is FAILED, and every task that depends on it is CANCELLED (the
-run still finishes). A worker that misses two heartbeats is UNHEALTHY: it is killed with its
-job's process group, and its task is requeued as a new attempt. Ctrl-C drains: running tasks
-finish, nothing new starts, the run is PAUSED; `--resume` continues it, a task found RUNNING
-becoming a new attempt and a COMPLETED one never running again.
+One loop, in one thread, owns the state and the jobs: it starts each ready task's job on a free
+worker (patch_ledger.pool), reaps the jobs that ended, moves tasks, workstreams, workers and
+breakers through their machines in the run's RunStore, and flushes each batch durably before
+the next (the event log first). Ready tasks go out by priority. A task that fails is retried
+after an exponential backoff whose jitter is fixed by the task and the attempt; one out of
+attempts is FAILED, and every task that depends on it is CANCELLED (the run still finishes).
+The scheduler beats to a watchdog, which kills every job when the scheduler dies and kills
+the scheduler too when it misses two heartbeats; the run's next `--resume` finds its workers
+UNHEALTHY and their tasks become new attempts. Ctrl-C drains: running tasks finish, nothing
+new starts, the run is PAUSED; `--resume` continues it, a task found RUNNING becoming a new
+attempt and a COMPLETED one never running again.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from typing import Any, NamedTuple
 
 from patch_ledger import dag, git, machine, patches, router, taskpatch
 from patch_ledger.errors import LedgerError
-from patch_ledger.pool import Pool, Slot
+from patch_ledger.pool import Claim, Pool, Slot
 from patch_ledger.store import RunStore
 
-LOOKAHEAD = 2  # jobs a worker holds: the one it runs and the next
 FLUSH_S = 0.05  # the longest a transition waits in memory before it is in the fsynced event log
 CHECKPOINT_S = 1.0  # how often the state files themselves are synced to disk (store.py says why)
 MAX_RETRY_DELAY_S = 3600.0
@@ -61,10 +61,10 @@ def retry_delay(task: str, attempt: int, base: float) -> float:
 
 
 class Orchestrator:
-    def __init__(self, root: Path, graph: dag.Graph, store: RunStore, options: Options) -> None:
-        self.root, self.graph, self.store, self.options = root, graph, store, options
+    def __init__(self, root: Path, graph: dag.Graph, store: RunStore, options: Options, claim: Claim) -> None:
+        self.root, self.graph, self.store, self.options, self.claim = root, graph, store, options, claim
         self.router = router.Router(root, graph.tools, store)
-        self.logs = git.common_dir(root) / "ledger" / "runs" / store.run / "logs"
+        self.logs = claim.dir / "logs"
         self.routes: dict[str, tuple[str | None, str]] = {}  # task -> (tool, why) of its attempt out
         self.parked: list[tuple[float, str]] = []  # tasks held back by their tool's breaker
         self.base: str | None = store.read("run", store.run).get("base")
@@ -77,8 +77,8 @@ class Orchestrator:
         self.dependents = graph.dependents()
         self.ready: list[tuple[int, int, str]] = []
         self.retries: list[tuple[float, str]] = []
-        self.pool = Pool(root, options.heartbeat_s)
-        self.slots = self.pool.slots  # worker id -> its Slot, as long as it is one of the pool
+        self.pool: Pool | None = None
+        self.slots: dict[str, Slot] = {}  # worker id -> its Slot
         self.draining = False
         self.interrupted = False  # Ctrl-C seen; the loop starts draining
         self.note = ""
@@ -105,9 +105,11 @@ class Orchestrator:
             previous = signal.signal(signal.SIGINT, self._drain)
         except ValueError:  # not the main thread (a test): no Ctrl-C to catch
             previous = None
+        self.pool = Pool(self.claim, self.options.heartbeat_s)
+        self.slots = self.pool.slots
         try:
             for _ in range(self.options.workers):
-                self._spawn()
+                self._add_worker()
             while not self._finished():
                 self._step()
             self._close()
@@ -127,7 +129,6 @@ class Orchestrator:
         self.draining = True
         self.note = "draining on Ctrl-C: running tasks finish, nothing new starts (Ctrl-C again stops at once)"
         for slot in self.slots.values():
-            self.pool.send(slot, {"stop": True})
             if _healthy(self.store.read("worker", slot.id)["state"]):
                 self.store.move("worker", slot.id, "DRAINING", self.options.actor, "Ctrl-C: finishing its job, taking no more",
                                 fields={"task": None})
@@ -135,12 +136,8 @@ class Orchestrator:
     def _step(self) -> None:
         if self.interrupted and not self.draining:
             self._start_draining()
-        timeout = self._timeout()
-        for slot, message in self.pool.messages(timeout):
-            if message is None:
-                self._lost(slot, f"{slot.id} exited unexpectedly")
-            elif slot.id in self.slots:  # not one lost a message ago
-                self._handle(slot, message)
+        for slot, done in self.pool.wait(self._timeout()):  # type: ignore[union-attr]
+            self._done(slot, done)
         now = time.monotonic()
         while self.retries and self.retries[0][0] <= now and not self.draining:
             _, tid = heapq.heappop(self.retries)
@@ -148,21 +145,23 @@ class Orchestrator:
             self._push_ready(tid)
         while self.parked and self.parked[0][0] <= now:
             self._push_ready(heapq.heappop(self.parked)[1])
-        self._check_heartbeats(now)
         self._dispatch()
+        for slot in self.slots.values():  # a worker given its next job at once stays BUSY
+            if slot.job is None and self.store.read("worker", slot.id)["state"] == "BUSY":
+                self._worker_to(slot, "IDLE", f"finished {slot.last}")
         if now - self.last_flush >= FLUSH_S or self._finished():
             self._flush(checkpoint=now - self.last_checkpoint >= CHECKPOINT_S or self._finished())
         self._show_progress()
 
     def _timeout(self) -> float:
-        waits = [FLUSH_S, self.options.heartbeat_s]
+        waits = [FLUSH_S]
         for queue in (self.retries, self.parked):
             if queue:
                 waits.append(max(0.0, queue[0][0] - time.monotonic()))
         return max(0.001, min(waits))
 
     def _finished(self) -> bool:
-        busy = any(s.jobs for s in self.slots.values())
+        busy = any(s.job for s in self.slots.values())
         if self.draining:  # a change waiting to be recorded is recorded when the run closes
             return not busy
         if self._over_budget():  # no new task; the changes of finished ones are still recorded
@@ -180,14 +179,19 @@ class Orchestrator:
     # --- preparing and closing --------------------------------------------------------
 
     def _prepare(self) -> None:
-        """Bring a new or resumed run to RUNNING: a task found RUNNING or VALIDATING (the run
-        was killed) becomes a new attempt; a worker of the old run is terminated."""
+        """Bring a new or resumed run to RUNNING: the jobs a killed scheduler left are killed,
+        its workers are UNHEALTHY (why, when its watchdog said) and terminated, and a task found
+        RUNNING or VALIDATING becomes a new attempt."""
+        killed = self.claim.kill_left()
         run = self.store.read("run", self.run)
         if run["state"] in ("INITIALIZING", "PAUSED"):
             self.store.move("run", self.run, "RUNNING", self.options.actor, "started" if run["state"] == "INITIALIZING" else "resumed")
+        lost = self.claim.lost.split(" ", 1)[-1] if self.claim.lost else "its run was interrupted"
+        if killed:
+            lost += f"; {len(killed)} job(s) it left running killed"
         for worker in self.store.docs("worker"):
-            if worker["state"] == "BUSY":
-                self.store.move("worker", worker["id"], "UNHEALTHY", self.options.actor, "its run was interrupted")
+            if _healthy(worker["state"]):
+                self.store.move("worker", worker["id"], "UNHEALTHY", self.options.actor, lost, fields={"task": None})
             if worker["state"] != "TERMINATED":
                 self.store.move("worker", worker["id"], "TERMINATED", self.options.actor, "its run was interrupted")
         for tid, task in self.graph.tasks.items():
@@ -246,88 +250,58 @@ class Orchestrator:
 
     # --- workers ----------------------------------------------------------------------
 
-    def _spawn(self) -> Slot:
+    def _add_worker(self) -> Slot:
         self.worker_count += 1
-        slot = self.pool.spawn(f"worker-{self.worker_count}")
+        slot = self.pool.add(f"worker-{self.worker_count}", self.logs)  # type: ignore[union-attr]
         self.store.create("worker", slot.id, self.options.actor, fields={"run": self.run, "host": os.uname().nodename,
-                                                                         "pid": slot.proc.pid})
+                                                                         "pid": os.getpid()})
         return slot
 
-    def _handle(self, slot: Slot, message: dict[str, Any]) -> None:
-        if "start" in message:
-            tid, attempt = message["start"], message["attempt"]
-            slot.running = (tid, attempt, message["pid"])
-            if message.get("phase") == "patch":
-                return  # the task is VALIDATING: its change is being recorded and gated
-            if str(message.get("phase")).startswith("workflow:") and self._state(tid) == "RUNNING":
-                return  # a later phase of a workflow under way
-            if self.store.read("worker", slot.id)["state"] == "BUSY":
-                self.store.update("worker", slot.id, {"task": tid})  # from one job to the next: still BUSY
-            else:
-                self._worker_to(slot, "BUSY", f"runs {tid}", tid)
-            tool, why = self.routes.get(tid, (None, ""))
-            fields = {"attempts": attempt, "worker": slot.id, "tool": tool, "route": why or None}
-            self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", fields, slot.id)
-        elif "done" in message:
-            tid, attempt = message["done"], message["attempt"]
-            slot.jobs = [j for j in slot.jobs if j != (tid, attempt)]
-            slot.running = None
-            if message.get("phase") is None and self._state(tid) == "QUEUED" and self.store.read("task", tid)["attempts"] + 1 == attempt:
-                # it could not even start (no such program): that attempt ran and failed
+    def _start(self, slot: Slot, job: dict[str, Any]) -> None:
+        """The job started on the worker (or, when it could not even start, ended at once)."""
+        message = self.pool.start(slot, job)  # type: ignore[union-attr]
+        if "done" in message:
+            tid, attempt = job["task"], job["attempt"]
+            if job.get("phase") is None and self._state(tid) == "QUEUED":  # that attempt ran and failed
                 self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", {"attempts": attempt, "worker": slot.id}, slot.id)
-            current = self.store.read("task", tid)["attempts"] == attempt
-            if message.get("phase") == "patch":
-                if current and self._state(tid) == "VALIDATING":
-                    self._finish_patch(tid, message)
-            elif str(message.get("phase")).startswith("workflow:"):
-                if current and self._state(tid) == "RUNNING":
-                    self._finish_phase(tid, message, slot)
-            elif current and self._state(tid) == "RUNNING":
-                self._finish_attempt(tid, message, slot)
-            if not slot.jobs:
-                self._worker_to(slot, "IDLE", f"finished {tid}")
-        elif "dropped" in message:  # drained before it started
-            slot.jobs = [j for j in slot.jobs if j[0] != message["dropped"]]
-            if message.get("phase") != "patch":
-                self._push_ready(message["dropped"])
+            slot.job = job  # as if it had run
+            self._done(slot, message)
+            return
+        tid, attempt = message["start"], message["attempt"]
+        self._worker_to(slot, "BUSY", f"runs {tid}", tid)
+        if message.get("phase") == "patch":
+            return  # the task is VALIDATING: its change is being recorded and gated
+        if str(message.get("phase")).startswith("workflow:") and self._state(tid) == "RUNNING":
+            return  # a later phase of a workflow under way
+        tool, why = self.routes.get(tid, (None, ""))
+        fields = {"attempts": attempt, "worker": slot.id, "tool": tool, "route": why or None}
+        self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", fields, slot.id)
+
+    def _done(self, slot: Slot, done: dict[str, Any]) -> None:
+        tid, attempt = done["done"], done["attempt"]
+        slot.job = None
+        current = self.store.read("task", tid)["attempts"] == attempt
+        if done.get("phase") == "patch":
+            if current and self._state(tid) == "VALIDATING":
+                self._finish_patch(tid, done)
+        elif str(done.get("phase")).startswith("workflow:"):
+            if current and self._state(tid) == "RUNNING":
+                self._finish_phase(tid, done, slot)
+        elif current and self._state(tid) == "RUNNING":
+            self._finish_attempt(tid, done, slot)
+        slot.last = tid
 
     def _worker_to(self, slot: Slot, to: str, reason: str, task: str | None = None) -> None:
         """The worker's machine follows its jobs: BUSY with the task it runs, IDLE without one
         (a DRAINING worker stays so until it is terminated)."""
-        if self.store.read("worker", slot.id)["state"] not in (to, "DRAINING"):
+        state = self.store.read("worker", slot.id)["state"]
+        if state == to == "BUSY":
+            self.store.update("worker", slot.id, {"task": task})  # from one job to the next: still BUSY
+        elif state not in (to, "DRAINING"):
             self.store.move("worker", slot.id, to, slot.id, reason, fields={"task": task})  # None drops the field
 
-    def _check_heartbeats(self, now: float) -> None:
-        for slot, why in list(self.pool.quiet(now)):
-            self._lost(slot, why)
-
-    def _lost(self, slot: Slot, why: str) -> None:
-        """A worker that stopped beating or died: killed with its job, its task a new
-        attempt, its waiting jobs back in the queue, and a new worker in its place."""
-        if slot.id not in self.slots:
-            return
-        self.pool.kill(slot)
-        state = self.store.read("worker", slot.id)["state"]
-        if _healthy(state):
-            self.store.move("worker", slot.id, "UNHEALTHY", self.options.actor, why)
-        self.store.move("worker", slot.id, "TERMINATED", self.options.actor, "killed with its job's process group")
-        for tid, attempt in slot.jobs:
-            tool = self.routes.pop(tid, (None, ""))[0]
-            if tool is not None:
-                self.router.probing.discard(tool)  # the worker failed, not the tool
-            if self._state(tid) in ("RUNNING", "VALIDATING") and self.store.read("task", tid)["attempts"] == attempt:
-                if tid in self.worktrees:
-                    self._drop_worktree(self.worktrees.pop(tid), tid, f"attempt {attempt}, whose worker was lost")
-                self._fail_attempt(tid, f"{why}; its job was killed", immediate=True)
-            elif self._state(tid) == "QUEUED":
-                self._push_ready(tid)
-        slot.jobs = []
-        del self.slots[slot.id]
-        if not self.draining:
-            self._spawn()
-
     def _retire(self, slot: Slot, why: str) -> None:
-        self.pool.retire(slot)
+        self.pool.kill(slot)  # type: ignore[union-attr]
         state = self.store.read("worker", slot.id)["state"]
         if state == "BUSY":
             self.store.move("worker", slot.id, "DRAINING", self.options.actor, why)
@@ -363,21 +337,18 @@ class Orchestrator:
     def _dispatch(self) -> None:
         if self.draining:
             return
-        sent: dict[str, list[dict[str, Any]]] = {}
         # the next job of a task under way first (recording its change, a workflow's next
         # phase): it is no new task, so a budget does not hold it back
         for waiting, job_of in ((self.to_record, self._record_job), (self.to_continue, self._phase_job)):
             while waiting and (slot := self._free_slot()) is not None:
                 tid = waiting.pop(0)
-                attempt = self.store.read("task", tid)["attempts"]
-                sent.setdefault(slot.id, []).append(job_of(tid, attempt))
-                slot.jobs.append((tid, attempt))
+                self._start(slot, job_of(tid, self.store.read("task", tid)["attempts"]))
         while self.ready and not self._over_budget():
             slot = self._free_slot()
             if slot is None:
                 break
             _, _, tid = heapq.heappop(self.ready)
-            if self._state(tid) != "QUEUED" or any(tid == j[0] for s in self.slots.values() for j in s.jobs):
+            if self._state(tid) != "QUEUED" or any(s.task and s.task[0] == tid for s in self.slots.values()):
                 continue
             task = self.graph.tasks[tid]
             tool, why, wait = self.router.choose(task, self._full_tools())
@@ -394,26 +365,20 @@ class Orchestrator:
                 job = self._phase_job(tid, attempt)
             else:
                 job = self.router.job(self.run, task, tool, attempt, self.worktrees.get(tid, self.root))
-            sent.setdefault(slot.id, []).append({**job, "task": tid, "attempt": attempt})
-            slot.jobs.append((tid, attempt))
-        for worker_id, jobs in sent.items():  # one write a worker; its output goes to the worker's log
-            self.pool.send(self.slots[worker_id], *({**job, "log": str(self.logs / f"{worker_id}.log")} for job in jobs))
+            self._start(slot, {**job, "task": tid, "attempt": attempt})
 
     def _full_tools(self) -> frozenset[str]:
         """The tools running as many jobs as their `max_concurrency` allows."""
         out: dict[str, int] = {}
         for slot in self.slots.values():
-            for tid, _ in slot.jobs:
-                tool = self.routes.get(tid, (None, ""))[0] or self.phase_tools.get(tid)
+            if slot.task is not None:
+                tool = self.routes.get(slot.task[0], (None, ""))[0] or self.phase_tools.get(slot.task[0])
                 if tool is not None:
                     out[tool] = out.get(tool, 0) + 1
         return frozenset(t for t, n in out.items() if n >= self.graph.tools[t].get("max_concurrency", n + 1))
 
     def _free_slot(self) -> Slot | None:
-        # under a budget a worker holds one job: one waiting would start before the loop
-        # could see the budget reached
-        hold = 1 if self.options.budget is not None else LOOKAHEAD
-        return min((s for s in self.slots.values() if s.alive and len(s.jobs) < hold), key=lambda s: len(s.jobs), default=None)
+        return next((s for s in self.slots.values() if s.job is None), None)
 
     # --- tasks that produce patches ---------------------------------------------------
 
@@ -620,8 +585,6 @@ class Orchestrator:
         spent = sum(float(c.get("money", 0.0)) for c in self.costs.values())
         if spent >= budget and not self.note:
             self.note = f"budget {budget:g} reached ({spent:g} spent): no new task starts"
-            for slot in self.slots.values():  # nor the jobs the workers hold in waiting
-                self.pool.send(slot, {"stop": True})
         return spent >= budget
 
     # --- aggregates -------------------------------------------------------------------

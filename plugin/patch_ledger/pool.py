@@ -1,104 +1,321 @@
-"""The worker processes of `ledger run`, as plumbing: start one, send it jobs, read what it
-says, notice one that went quiet, kill one with its job. What a message means for the run's
-state (a task RUNNING, a worker UNHEALTHY) is the orchestrator's; this module knows
-processes, pipes and the worker protocol of patch_ledger.workerproc.
+"""The processes of `ledger run`, as plumbing: the jobs its workers run, started and reaped by
+the scheduler's own loop, and the watchdog that ends them when the scheduler dies or freezes.
+
+A worker is a slot of the scheduler's process, running one job at a time; the job is a
+process of its own, in its own process group (killed whole at its deadline, and again when
+it ends, so a child that outlived it dies too), its output appended to the worker's log. One
+process supervises every job, as make does: a worker process between the scheduler and each
+job cost more than the jobs themselves (docs/architecture.md has the figures).
+
+What outlives a scheduler that was killed is covered by the claim and the watchdog. A run is
+claimed by an exclusive lock on `.git/ledger/runs/<run>/supervisor`, a file that also lists
+the scheduler's pid and the process groups of the jobs it runs, rewritten as they change (no
+fsync: the page cache outlives a killed process, and a power failure kills the jobs too). The
+watchdog (patch_ledger.watchdog) gets a beat from the scheduler every interval; when its pipe
+closes (the scheduler is gone, even killed) it kills the jobs listed; when two intervals pass
+without a beat (the scheduler froze) it kills the scheduler and the jobs and leaves a note,
+`lost`, that the run's next `--resume` reads.
+
+What a job's end means for the run's state is the orchestrator's; this module knows
+processes, files and signals.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from patch_ledger.errors import LedgerError
+from patch_ledger.watchdog import kill_jobs
+
+COST_KEY = "ledger_cost"  # a tool's cost line: {"ledger_cost": {"tokens": 1200, "money": 0.03}}
+SCAN_BYTES = 1 << 20  # of a log, the end that is searched for cost lines
+EXCERPT_BYTES = 4000
+SUPERVISOR = "supervisor"  # in the run's local directory: the claim, the scheduler's pid, its jobs' groups
+LOST = "lost"  # left there by the watchdog that killed a frozen scheduler: why
+
+
+class Claim:
+    """A run claimed by this process: the exclusive lock on its supervisor file, held until
+    the process exits (the kernel lets go of a killed one's)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(run_dir / SUPERVISOR, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = (os.pread(self.fd, 64, 0).split(b"\n", 1)[0].decode(errors="replace") or "?").strip()
+            os.close(self.fd)
+            raise LedgerError(f"run {run_dir.name} is being run by process {holder}: let it finish, or stop it "
+                              "(Ctrl-C drains it), then resume") from None
+        self.left = _read_groups(self.fd)  # the jobs of a scheduler that died before its watchdog could act
+        self.lost = _take_note(run_dir / LOST)
+        self.write([])
+
+    @classmethod
+    def of(cls, root: Path, run: str) -> "Claim":
+        """Run `run` of the repository at `root` claimed; its local directory is .git/ledger/runs/<run>/."""
+        from patch_ledger import git
+
+        return cls(git.common_dir(root) / "ledger" / "runs" / run)
+
+    def write(self, groups: list[int]) -> None:
+        data = f"{os.getpid()}\n{' '.join(map(str, groups))}\n".encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
+    def kill_left(self) -> list[int]:
+        """The process groups of jobs a dead scheduler left running, killed: a task never runs
+        twice at once."""
+        killed, self.left = kill_jobs(self.left), []
+        return killed
+
+    def release(self) -> None:
+        os.close(self.fd)  # the lock goes with it
+
 
 class Slot:
-    """One worker process and what it holds."""
+    """A worker: the job it runs, if any."""
 
-    def __init__(self, worker_id: str, proc: subprocess.Popen[bytes]) -> None:
-        self.id, self.proc = worker_id, proc
-        self.jobs: list[tuple[str, int]] = []  # (task, attempt) sent, not done; the first runs
-        self.running: tuple[str, int, int] | None = None  # (task, attempt, pid) once started
-        self.last_beat = time.monotonic()
-        self.buffer = b""
-        self.alive = True  # False once its pipe broke or it exited: the orchestrator replaces it
+    def __init__(self, worker_id: str, log: Path) -> None:
+        self.id, self.log_path = worker_id, log
+        self.job: dict[str, Any] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.deadline = float("inf")
+        self.first = 0  # where the job's output starts in the log
+        self.last = ""  # the task of its last job
+        self._log: int | None = None
+
+    @property
+    def task(self) -> tuple[str, int] | None:
+        """(task, attempt) of the job it runs."""
+        return (self.job["task"], self.job["attempt"]) if self.job else None
+
+    def log(self) -> int:
+        if self._log is None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = os.open(self.log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        return self._log
 
 
 class Pool:
-    def __init__(self, root: Path, heartbeat_s: float) -> None:
-        self.root, self.heartbeat_s = root, heartbeat_s
+    def __init__(self, claim: Claim, heartbeat_s: float) -> None:
+        self.claim, self.heartbeat_s = claim, heartbeat_s
         self.slots: dict[str, Slot] = {}
+        self.programs: dict[tuple[str, str], str | None] = {}
         self.selector = selectors.DefaultSelector()
+        self.wake: int | None = None
+        self._previous: tuple[Any, int] | None = None
+        try:  # a job's end wakes the loop: SIGCHLD, written to a pipe by the interpreter
+            wake_r, wake_w = os.pipe()
+            for fd in (wake_r, wake_w):
+                os.set_blocking(fd, False)
+            previous_fd = signal.set_wakeup_fd(wake_w)
+            self._previous = (signal.signal(signal.SIGCHLD, lambda signum, frame: None), previous_fd)
+            self.wake, self._wake_w = wake_r, wake_w
+            self.selector.register(wake_r, selectors.EVENT_READ)
+        except ValueError:  # not the main thread (an embedding program): the loop polls instead
+            pass
+        self.watchdog = subprocess.Popen([sys.executable, "-m", "patch_ledger.watchdog", str(claim.dir / SUPERVISOR),
+                                          str(heartbeat_s), str(os.getpid())], stdin=subprocess.PIPE)
+        self._beating = threading.Event()
+        self._beat = threading.Thread(target=self._beats, name="ledger-heartbeat", daemon=True)
+        self._beat.start()
 
-    def spawn(self, worker_id: str) -> Slot:
-        proc = subprocess.Popen([sys.executable, "-m", "patch_ledger.workerproc", str(self.heartbeat_s)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.root)
-        os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
-        slot = self.slots[worker_id] = Slot(worker_id, proc)
-        self.selector.register(proc.stdout, selectors.EVENT_READ, slot)  # type: ignore[arg-type]
+    def _beats(self) -> None:
+        """A beat to the watchdog every interval, from a thread: it stops when the whole
+        process stops (frozen, stopped, swapped out), not while the loop waits on git."""
+        fd = self.watchdog.stdin.fileno()  # type: ignore[union-attr]
+        while not self._beating.wait(self.heartbeat_s / 2):
+            try:
+                os.write(fd, b".")
+            except OSError:
+                return
+
+    def add(self, worker_id: str, logs: Path) -> Slot:
+        slot = self.slots[worker_id] = Slot(worker_id, logs / f"{worker_id}.log")
         return slot
 
-    def send(self, slot: Slot, *messages: dict[str, Any]) -> None:
-        """One write for all of them; a worker that cannot take it is marked not alive."""
+    def start(self, slot: Slot, job: dict[str, Any]) -> dict[str, Any]:
+        """The job started on `slot`: its `start` message; or, when it could not start (no
+        such program, a NUL in an argument), its `done` message with exit code 127."""
+        log = slot.log()
+        slot.first = os.lseek(log, 0, os.SEEK_END)
+        slot.started = time.monotonic()
         try:
-            slot.proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())  # type: ignore[union-attr]
-            slot.proc.stdin.flush()  # type: ignore[union-attr]
-        except (BrokenPipeError, OSError):
-            slot.alive = False
+            env = {**os.environ, **job["env"]} if job.get("env") else None
+            proc = subprocess.Popen(job["argv"], executable=self._program(job["argv"][0], env), cwd=job.get("cwd"), env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except (OSError, ValueError, IndexError) as e:
+            os.write(log, f"could not start {job['argv'][:1]!r}: {getattr(e, 'strerror', None) or e}\n".encode())
+            return _done(job, slot, 127, False, time.monotonic() - slot.started)
+        slot.job, slot.proc = job, proc
+        timeout = job.get("timeout")
+        slot.deadline = slot.started + timeout if timeout else float("inf")
+        self._list_jobs()
+        return {"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": proc.pid}
 
-    def messages(self, timeout: float) -> Iterator[tuple[Slot, dict[str, Any] | None]]:
-        """What the workers said within `timeout`, in order; (slot, None) for one that exited."""
-        for key, _ in self.selector.select(timeout):
-            slot = key.data
-            try:
-                data = os.read(slot.proc.stdout.fileno(), 1 << 16)
-            except BlockingIOError:
+    def wait(self, timeout: float) -> Iterator[tuple[Slot, dict[str, Any]]]:
+        """The jobs that ended within `timeout` (or were killed at their deadline), each with
+        its `done` message."""
+        busy = [s for s in self.slots.values() if s.job is not None]
+        if busy:
+            timeout = min(timeout, max(0.0, min(s.deadline for s in busy) - time.monotonic()))
+        if self.wake is None:
+            timeout = min(timeout, 0.005)
+        for _ in self.selector.select(timeout):  # a job that ended since the last drain left a byte there
+            _drain(self.wake)  # type: ignore[arg-type]
+        ended = False
+        for slot in busy:
+            proc = slot.proc
+            assert proc is not None and slot.job is not None
+            timed_out = proc.poll() is None and time.monotonic() >= slot.deadline
+            if proc.returncode is None and not timed_out:
                 continue
-            if not data:
-                yield slot, None
-                continue
-            slot.last_beat = time.monotonic()
-            *lines, slot.buffer = (slot.buffer + data).split(b"\n")
-            for line in filter(bytes.strip, lines):
-                yield slot, json.loads(line)
-
-    def quiet(self, now: float) -> Iterator[tuple[Slot, str]]:
-        """Workers that missed two heartbeats or stopped reading their jobs, with why."""
-        for slot in list(self.slots.values()):
-            if slot.alive and now - slot.last_beat > 2 * self.heartbeat_s:
-                yield slot, f"{slot.id} missed two heartbeats ({2 * self.heartbeat_s:g} s)"
-            elif not slot.alive:
-                yield slot, f"{slot.id} stopped reading its jobs"
+            _kill(proc.pid)  # its whole group: nothing of it writes to the log after this
+            returncode = proc.wait()
+            job, slot.job, slot.proc = slot.job, None, None
+            ended = True
+            yield slot, _done(job, slot, returncode, timed_out, time.monotonic() - slot.started)
+        if ended:
+            self._list_jobs()
 
     def kill(self, slot: Slot) -> None:
-        """The worker and its job's whole process group: the job never runs twice at once."""
-        if slot.running:
-            try:
-                os.killpg(slot.running[2], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            self.selector.unregister(slot.proc.stdout)  # type: ignore[arg-type]
-        except (KeyError, ValueError):
-            pass
-        slot.proc.kill()
-        slot.proc.wait()
-        slot.alive = False
-
-    def retire(self, slot: Slot) -> None:
-        """Its input closed (it stops), then killed with whatever it still ran; forgotten."""
-        try:
-            slot.proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        self.kill(slot)
-        del self.slots[slot.id]
+        """The slot's job and its whole process group."""
+        if slot.proc is not None:
+            _kill(slot.proc.pid)
+            slot.proc.wait()
+            slot.job, slot.proc = None, None
+            self._list_jobs()
 
     def close(self) -> None:
-        for slot in list(self.slots.values()):
+        """Every job killed, the watchdog told we are done (its pipe closed), signals restored."""
+        for slot in self.slots.values():
             self.kill(slot)
+            if slot._log is not None:
+                os.close(slot._log)
+                slot._log = None
+        self._beating.set()
+        try:
+            self.watchdog.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        self.watchdog.wait()
+        if self._previous is not None:
+            handler, previous_fd = self._previous
+            signal.signal(signal.SIGCHLD, handler)
+            signal.set_wakeup_fd(previous_fd)
+            self.selector.close()
+            for fd in (self.wake, self._wake_w):
+                os.close(fd)  # type: ignore[arg-type]
+            self._previous = None
+
+    def _list_jobs(self) -> None:
+        self.claim.write([s.proc.pid for s in self.slots.values() if s.proc is not None])
+
+    def _program(self, name: str, env: dict[str, str] | None) -> str | None:
+        """Where a bare program name is on PATH, looked up once a name and PATH: exec's own
+        search tries every directory before the right one, for every job."""
+        if os.sep in name:
+            return None  # a path: resolved against the job's directory by exec itself
+        path = (env or os.environ).get("PATH", os.defpath)
+        key = (name, path)
+        if key not in self.programs:
+            self.programs[key] = shutil.which(name, path=path)
+        return self.programs[key]
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _kill(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _read_groups(fd: int) -> list[int]:
+    lines = os.pread(fd, 1 << 16, 0).decode(errors="replace").split("\n")
+    return [int(g) for g in lines[1].split() if g.isdigit()] if len(lines) > 1 else []
+
+
+def _take_note(path: Path) -> str:
+    try:
+        note = path.read_text().strip()
+    except OSError:
+        return ""
+    path.unlink(missing_ok=True)
+    return note
+
+
+def _done(job: dict[str, Any], slot: Slot, returncode: int, timed_out: bool, duration: float) -> dict[str, Any]:
+    """The `done` message: where in the log the job's output is, an excerpt of it, and the
+    cost it reported (a job that wrote nothing costs no read)."""
+    log, first = slot.log(), slot.first
+    end = os.lseek(log, 0, os.SEEK_END)
+    scan = max(first, end - SCAN_BYTES)
+    tail = os.pread(log, end - scan, scan) if end > first else b""
+    cost, problem = parse_cost(tail, job.get("cost_pattern")) if tail else (None, None)
+    return {"done": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "rc": returncode, "timed_out": timed_out,
+            "duration": round(duration, 6), "excerpt": tail[-EXCERPT_BYTES:].decode("utf-8", "replace"), "cost": cost,
+            "cost_problem": problem, "log": {"file": str(slot.log_path), "offset": first, "length": end - first}}
+
+
+def parse_cost(output: bytes, pattern: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The cost a tool reported: the sum of its `{"ledger_cost": {...}}` lines, or of the
+    matches of the tool's `pattern` (named groups tokens and money); (None, why) when a line
+    claimed to be one and was not."""
+    total: dict[str, Any] = {}
+    problem = None
+    text = output.decode("utf-8", "replace")
+    if pattern:
+        for m in re.finditer(pattern, text):
+            try:
+                _add(total, m.groupdict().get("tokens"), m.groupdict().get("money"))
+            except ValueError as e:
+                problem = f"the cost pattern matched {m.group(0)[:120]!r}, which is no cost ({e})"
+    for line in text.splitlines():
+        if COST_KEY not in line:
+            continue
+        try:
+            value = json.loads(line)[COST_KEY]
+            if not isinstance(value, dict):
+                raise ValueError("not an object")
+            _add(total, value.get("tokens"), value.get("money"))
+        except (ValueError, KeyError, TypeError) as e:
+            problem = f"a {COST_KEY} line is not the documented JSON ({e}): {line.strip()[:120]!r}"
+    return (total or None), problem
+
+
+def _add(total: dict[str, Any], tokens: Any, money: Any) -> None:
+    if tokens is not None:
+        value = int(float(tokens))
+        if value < 0:
+            raise ValueError("tokens below 0")
+        total["tokens"] = total.get("tokens", 0) + value
+    if money is not None:
+        value = float(money)
+        if not value >= 0 or value == float("inf"):
+            raise ValueError("money is not a finite amount of at least 0")
+        total["money"] = round(total.get("money", 0.0) + value, 6)

@@ -1,8 +1,8 @@
-"""The floor of `ledger run`'s design, for the benchmark's information row: a plan's DAG
-run through our own worker processes (patch_ledger.pool and workerproc, two jobs held a
-worker, as the orchestrator holds them) by a loop that keeps no state at all: no files, no
-event log, no machines. What `ledger run` takes beyond this is the cost of its durable
-state; what this takes beyond make is the cost of Python worker processes.
+"""The floor of `ledger run`'s design, for the benchmark's information row: a plan's DAG run by
+our own job plumbing (patch_ledger.pool: a loop that starts each job on a free worker and
+reaps it, with the watchdog and its beats) keeping no state at all: no files, no event log,
+no machines. What `ledger run` takes beyond this is the cost of its durable state; what this
+takes beyond make is the cost of starting and reaping jobs from Python.
 
     python tests/perf/workers_floor.py REPO PLAN WORKERS
 """
@@ -17,9 +17,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "plugin")]  # as run_cases.py
 
 from patch_ledger import config, dag, plans  # noqa: E402
-from patch_ledger.pool import Pool  # noqa: E402
-
-HOLD = 2
+from patch_ledger.pool import Claim, Pool  # noqa: E402
 
 
 def main(root: Path, plan: str, workers: int) -> int:
@@ -28,35 +26,29 @@ def main(root: Path, plan: str, workers: int) -> int:
     dependents = graph.dependents()
     ready = [t for t, n in waiting.items() if n == 0]
     heapq.heapify(ready)
-    pool = Pool(root, 1.0)
-    slots = [pool.spawn(f"w{i}") for i in range(workers)]
-    log = str(root / ".git" / "floor.log")
+    claim = Claim(root / ".git" / "floor")
+    pool = Pool(claim, 1.0)
+    slots = [pool.add(f"w{i}", claim.dir) for i in range(workers)]
     done = 0
     try:
         while done < len(graph.tasks):
             for slot in slots:
-                jobs = []
-                while len(slot.jobs) < HOLD and ready:
+                if slot.job is None and ready:
                     tid = heapq.heappop(ready)
-                    slot.jobs.append((tid, 1))
-                    jobs.append({"task": tid, "attempt": 1, "argv": dag.shell_argv(graph.tasks[tid].run or "true"),
-                                 "cwd": str(root), "env": {}, "timeout": None, "log": log})
-                if jobs:
-                    pool.send(slot, *jobs)
-            for slot, message in pool.messages(1.0):
-                if message is None:
-                    return 3
-                if "done" in message:
-                    if message["rc"] != 0:
-                        return 1
-                    slot.jobs.remove((message["done"], 1))
-                    done += 1
-                    for child in dependents[message["done"]]:
-                        waiting[child] -= 1
-                        if waiting[child] == 0:
-                            heapq.heappush(ready, child)
+                    job = {"task": tid, "attempt": 1, "argv": dag.shell_argv(graph.tasks[tid].run or "true"), "cwd": str(root)}
+                    if "done" in pool.start(slot, job):
+                        return 3
+            for slot, message in pool.wait(1.0):
+                if message["rc"] != 0:
+                    return 1
+                done += 1
+                for child in dependents[message["done"]]:
+                    waiting[child] -= 1
+                    if waiting[child] == 0:
+                        heapq.heappush(ready, child)
     finally:
         pool.close()
+        claim.release()
     return 0
 
 

@@ -10,6 +10,7 @@ from patch_ledger import config, dag, plans
 from patch_ledger.commands.demo_ledger import Act
 from patch_ledger.commands.run import create_run
 from patch_ledger.orchestrator import Options, Orchestrator
+from patch_ledger.pool import Claim
 
 PLAN = ".ledger/plans/ship.yaml"
 RUN = "ship-demo"
@@ -18,7 +19,11 @@ RUN = "ship-demo"
 def play(root: Path) -> list[Act]:
     graph = dag.build(plans.load(root, PLAN), config.load(root).get("tools", {}), PLAN)
     store = create_run(root, graph, PLAN, RUN, "demo", None)
-    summary = Orchestrator(root, graph, store, Options(workers=2, actor="demo")).execute()
+    claim = Claim.of(root, RUN)
+    try:
+        summary = Orchestrator(root, graph, store, Options(workers=2, actor="demo"), claim).execute()
+    finally:
+        claim.release()
     flaky, agent = store.read("task", "flaky"), store.read("task", "add-negate")
     retried = [h["reason"] for h in flaky["history"] if h["to"] == "RETRYING"]
     return [

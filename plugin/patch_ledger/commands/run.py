@@ -13,6 +13,7 @@ from patch_ledger import config, dag, git, machine, plans, router
 from patch_ledger.commands.patch import actor_of
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.orchestrator import Options, Orchestrator, Summary
+from patch_ledger.pool import Claim
 from patch_ledger.report import emit
 from patch_ledger.store import RunStore, path_of
 
@@ -25,25 +26,48 @@ def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: b
     if budget is not None and budget < 0:
         raise LedgerError(f"--budget {budget:g}: a budget is an amount of at least 0")
     if resume:
-        store, plan_path = _resumed(root, resume)
-    else:
-        if plan is None:
-            raise LedgerError("name a plan (e.g. .ledger/plans/build.yaml, or just build), or --resume RUN_ID")
-        store, plan_path = None, plan_path_of(root, plan)
+        claim = _claimed(root, resume)
+        try:
+            return _run(root, None, claim, workers, budget, dry_run, heartbeat, actor, fmt)
+        finally:
+            claim.release()
+    if plan is None:
+        raise LedgerError("name a plan (e.g. .ledger/plans/build.yaml, or just build), or --resume RUN_ID")
+    return _run(root, plan_path_of(root, plan), None, workers, budget, dry_run, heartbeat, actor, fmt)
+
+
+def _run(root: Path, plan_path: str | None, claim: Claim | None, workers: int, budget: float | None, dry_run: bool,
+         heartbeat: float, actor: str | None, fmt: str) -> int:
+    """A new run of `plan_path`, or the run `claim` holds (resumed)."""
+    store = _resumed(root, claim.dir.name) if claim is not None else None
+    if store is not None:
+        plan_path = store.read("run", store.run)["plan"]
+    assert plan_path is not None
     graph = dag.build(plans.load(root, plan_path), config.load(root).get("tools", {}), plan_path)
     if dry_run:
         return _dry_run(graph, router.Router(root, graph.tools), fmt)
     who = actor_of(root, actor)
     if store is None:
-        store = create_run(root, graph, plan_path, _new_run_id(root, graph, plan_path), who, budget)
-    elif budget is not None:
+        run_id = _new_run_id(root, graph, plan_path)
+        claim = Claim.of(root, run_id)
+        try:
+            return _execute(root, graph, create_run(root, graph, plan_path, run_id, who, budget), claim, workers, budget,
+                            heartbeat, who, fmt)
+        finally:
+            claim.release()
+    if budget is not None:
         store.update("run", store.run, {"budget": budget})
+    return _execute(root, graph, store, claim, workers, budget, heartbeat, who, fmt)
+
+
+def _execute(root: Path, graph: dag.Graph, store: RunStore, claim: Claim, workers: int, budget: float | None,
+             heartbeat: float, who: str, fmt: str) -> int:
     run_budget = budget if budget is not None else store.read("run", store.run).get("budget")
     options = Options(workers, run_budget, heartbeat, fmt == "text" and sys.stderr.isatty(), who)
     if store.read("run", store.run)["state"] in machine.load("run").terminal:
         summary = _already_finished(store)  # a kill that landed after the run's last write: nothing to do
     else:
-        summary = Orchestrator(root, graph, store, options).execute()
+        summary = Orchestrator(root, graph, store, options, claim).execute()
     if options.progress:
         sys.stderr.write("\n")
     emit(fmt, summary._asdict(), lambda s: _text(s))
@@ -108,16 +132,22 @@ def _new_run_id(root: Path, graph: dag.Graph, plan_path: str) -> str:
     raise LedgerError(f"{directory.parent}: no free run id for {name} at {stamp}; remove old runs")
 
 
-def _resumed(root: Path, run_id: str) -> tuple[RunStore, str]:
+def _claimed(root: Path, run_id: str) -> Claim:
+    """The run claimed by this process before anything of it is read or written: no two
+    schedulers ever run one run."""
     run_file, log = root / path_of("run", run_id, run_id), root / path_of("event", run_id, "")
     if "/" in run_id or not (run_file.is_file() or log.is_file()):
         raise LedgerError(f"--resume {run_id}: no run {run_id} under .ledger/runs/; `ledger status` lists the runs")
+    return Claim.of(root, run_id)
+
+
+def _resumed(root: Path, run_id: str) -> RunStore:
     store = RunStore.load(root, run_id)  # rebuilds what a crash left behind its log, run.json too
     try:
-        run = store.read("run", run_id)
+        store.read("run", run_id)
     except (OSError, ValueError):
         raise LedgerError(f"--resume {run_id}: neither run.json nor its event log holds the run; start it again") from None
-    return store, run["plan"]
+    return store
 
 
 def _dry_run(graph: dag.Graph, routes: "router.Router", fmt: str) -> int:
