@@ -211,6 +211,12 @@ def no_process_left(repo: Path, timeout: float = 5) -> None:
     assert processes_in(repo) == []
 
 
+def started(repo: Path, *tids: str) -> bool:
+    """Whether the sleepers of `tids` are running: each wrote its pid (a task's file may show it
+    only at the run's next checkpoint)."""
+    return all((repo / "pids" / t).is_file() and (repo / "pids" / t).read_text().strip() for t in tids)
+
+
 def task_state(repo: Path, tid: str) -> str:
     return read(repo, "task", tid)["state"]
 
@@ -627,8 +633,8 @@ def test_a_task_that_cannot_start_fails_instead_of_hanging(repo: Path, spec: dic
 def test_a_scheduler_that_stops_beating_is_killed_with_its_jobs_and_resume_makes_a_new_attempt(repo: Path) -> None:
     setup(repo, ws("a", task("t1", sleeper(1.5))), max_attempts=3)
     proc = start(repo, "run", "p", "--workers", "1", "--heartbeat", "0.3")
-    wait_for(lambda: task_state(repo, "t1") == "RUNNING" and (repo / "pids" / "t1").read_text())
-    worker = read(repo, "worker", read(repo, "task", "t1")["worker"])
+    wait_for(lambda: started(repo, "t1"))
+    worker = wait_for(lambda: read(repo, "worker", "worker-1"))  # written at the run's first checkpoint
     assert worker["pid"] == proc.pid  # a worker is a slot of the scheduler's process
     first_job = int((repo / "pids" / "t1").read_text())
     os.kill(proc.pid, signal.SIGSTOP)  # frozen: it beats no more
@@ -680,7 +686,7 @@ def test_resume_kills_the_jobs_a_dead_scheduler_left_when_its_watchdog_died_too(
 def test_a_run_is_run_by_one_scheduler_at_a_time(repo: Path) -> None:
     setup(repo, ws("a", task("t1", sleeper(1))))
     proc = start(repo, "run", "p")
-    wait_for(lambda: task_state(repo, "t1") == "RUNNING")
+    wait_for(lambda: started(repo, "t1"))
     before = all_events(repo)
     second = ledger(repo, "run", "--resume", run_id(repo))
     assert second.returncode == 2
@@ -693,7 +699,7 @@ def test_a_run_is_run_by_one_scheduler_at_a_time(repo: Path) -> None:
 def test_ctrl_c_drains_running_tasks_pauses_and_resume_completes(repo: Path) -> None:
     setup(repo, ws("a", *(task(f"t{i}", sleeper(0.6 if i < 2 else 0.01)) for i in range(6))))
     proc = start(repo, "run", "p", "--workers", "2")
-    wait_for(lambda: all(task_state(repo, t) == "RUNNING" for t in ("t0", "t1")))
+    wait_for(lambda: started(repo, "t0", "t1"))
     proc.send_signal(signal.SIGINT)
     result = finish(proc)
     assert result.returncode == 1
@@ -720,7 +726,7 @@ def test_ctrl_c_drains_running_tasks_pauses_and_resume_completes(repo: Path) -> 
 def test_ctrl_c_starts_nothing_new(repo: Path) -> None:
     setup(repo, ws("a", *(task(f"t{i}", sleeper(0.5)) for i in range(3))))
     proc = start(repo, "run", "p", "--workers", "1")
-    wait_for(lambda: task_state(repo, "t0") == "RUNNING")
+    wait_for(lambda: started(repo, "t0"))
     proc.send_signal(signal.SIGINT)
     result = finish(proc)
     assert "Traceback" not in result.stderr, result.stderr
@@ -730,7 +736,7 @@ def test_ctrl_c_starts_nothing_new(repo: Path) -> None:
 def test_ctrl_c_at_a_terminal_lets_running_tasks_finish(repo: Path) -> None:
     setup(repo, ws("a", task("t0", sleeper(0.6)), task("t1", sleeper(0.01))))
     proc = start(repo, "run", "p", "--workers", "1")
-    wait_for(lambda: task_state(repo, "t0") == "RUNNING")
+    wait_for(lambda: started(repo, "t0"))
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
     finish(proc)
     assert task_state(repo, "t0") == "COMPLETED" and done_lines(repo, "t0") == ["1"]

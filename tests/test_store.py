@@ -190,12 +190,31 @@ def test_a_missing_run_file_is_rebuilt_from_the_log(repo: Path) -> None:
     assert files(repo) == expected and loaded.read("run", RUN)["state"] == "INITIALIZING"
 
 
+def test_a_flush_of_the_log_alone_writes_no_file_but_a_final_one_and_the_checkpoint_syncs_them(repo: Path) -> None:
+    store = new_run(repo, tasks=("t1", "t2"))
+    store.flush()
+    before = files(repo)
+    complete(store, "t1")
+    complete(store, "t2")
+    store.refresh_progress()
+    assert store.flush(files=False) == 0
+    assert files(repo) == before  # the log holds the steps; the files wait for a checkpoint
+    assert [e["id"] for e in events(repo) if e.get("to") == "COMPLETED"] == ["t1", "t2"]
+    assert problems(repo) == []  # the checker reads the files through the log
+    assert store.flush(files=False, final=[("task", "t1")]) == 1
+    assert files(repo)["tasks/t1.json"]["state"] == "COMPLETED" and files(repo)["tasks/t2.json"]["state"] != "COMPLETED"
+    assert store.flush() == 3  # the checkpoint: t2, the run and its workstream written, and everything synced
+    assert files(repo)["tasks/t2.json"]["state"] == "COMPLETED"
+    assert problems(repo) == []
+
+
 def test_the_spares_live_under_git_dir_and_leave_nothing_stray_in_the_working_tree(repo: Path) -> None:
     store = new_run(repo, tasks=tuple(f"t{i}" for i in range(8)))
     store.flush()
     for i in range(8):
         complete(store, f"t{i}")
-        store.flush(sync_files=i % 2 == 0)  # small and large batches, synced and not
+        # checkpoints, flushes of the log alone, and flushes writing a finished task's file early
+        store.flush(files=i % 2 == 0, final=[("task", f"t{i}")] if i % 3 == 0 else ())
     store.refresh_progress()
     store.flush()
     status = git(repo, "status", "--porcelain", "--untracked-files=all", "--ignored").stdout.splitlines()

@@ -30,7 +30,7 @@ from patch_ledger.pool import Claim, Pool, Slot
 from patch_ledger.store import RunStore
 
 FLUSH_S = 0.05  # the longest a transition waits in memory before it is in the fsynced event log
-CHECKPOINT_S = 1.0  # how often the state files themselves are synced to disk (store.py says why)
+CHECKPOINT_S = 1.0  # how often the state files themselves are written and synced (store.py says why)
 MAX_RETRY_DELAY_S = 3600.0
 ACTOR = "ledger run"
 
@@ -78,6 +78,7 @@ class Orchestrator:
         self.ready: list[tuple[int, int, str]] = []
         self.retries: list[tuple[float, str]] = []
         self.pool: Pool | None = None
+        self.unwritten: list[tuple[Slot, dict[str, Any], dict[str, Any]]] | None = None  # jobs started, not yet written down
         self.slots: dict[str, Slot] = {}  # worker id -> its Slot
         self.draining = False
         self.interrupted = False  # Ctrl-C seen; the loop starts draining
@@ -94,6 +95,7 @@ class Orchestrator:
         self.costs = {ws: {} for ws in graph.workstreams}
         for tid, spec in graph.tasks.items():
             self.costs[spec.workstream] = _summed(self.costs[spec.workstream], self.store.read("task", tid).get("cost", {}))
+        self.settled: list[tuple[str, str]] = []  # tasks finished since the last flush: their files are written with it
         self.touched: set[str] = set(graph.workstreams)  # workstreams whose tasks moved since the last flush
         self._shown_paths: dict[str, str] = {}
 
@@ -136,8 +138,19 @@ class Orchestrator:
     def _step(self) -> None:
         if self.interrupted and not self.draining:
             self._start_draining()
-        for slot, done in self.pool.wait(self._timeout()):  # type: ignore[union-attr]
+        ended = list(self.pool.wait(self._timeout()))  # type: ignore[union-attr]
+        if ended and self.options.budget is None and all(d["rc"] == 0 and not d["timed_out"] for _, d in ended):
+            # the freed workers take their next ready tasks before anything is written down,
+            # so jobs never wait for our bookkeeping; the log still says the ended jobs ended
+            # before the new ones started. A failure (it may open a breaker) or a cost under a
+            # budget is accounted first.
+            self.unwritten = []
+            self._dispatch()
+        for slot, done in ended:
             self._done(slot, done)
+        unwritten, self.unwritten = self.unwritten or [], None
+        for slot, job, message in unwritten:
+            self._started(slot, job, message)
         now = time.monotonic()
         while self.retries and self.retries[0][0] <= now and not self.draining:
             _, tid = heapq.heappop(self.retries)
@@ -171,7 +184,8 @@ class Orchestrator:
     def _flush(self, checkpoint: bool = True) -> None:
         self._settle_workstreams()
         self._refresh_aggregates()
-        self.store.flush(sync_files=checkpoint)
+        self.store.flush(files=checkpoint, final=self.settled)
+        self.settled.clear()
         self.last_flush = time.monotonic()
         if checkpoint:
             self.last_checkpoint = self.last_flush
@@ -209,7 +223,7 @@ class Orchestrator:
             if self._state(tid) in ("FAILED", "CANCELLED"):
                 self._cancel_dependents(tid)
         self._clear_worktrees("left when the run was interrupted")
-        self._flush()
+        self._flush(checkpoint=False)
 
     def _clear_worktrees(self, why: str) -> None:
         """Worktrees of this run no attempt is using: their changes recorded, then removed."""
@@ -258,13 +272,20 @@ class Orchestrator:
         return slot
 
     def _start(self, slot: Slot, job: dict[str, Any]) -> None:
-        """The job started on the worker (or, when it could not even start, ended at once)."""
+        """The job started on the worker and written down (unless `self.unwritten` holds
+        starts to write down later)."""
         message = self.pool.start(slot, job)  # type: ignore[union-attr]
+        if self.unwritten is not None:
+            self.unwritten.append((slot, job, message))
+        else:
+            self._started(slot, job, message)
+
+    def _started(self, slot: Slot, job: dict[str, Any], message: dict[str, Any]) -> None:
+        """A job's start written down (or, when it could not even start, its end)."""
         if "done" in message:
             tid, attempt = job["task"], job["attempt"]
             if job.get("phase") is None and self._state(tid) == "QUEUED":  # that attempt ran and failed
                 self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", {"attempts": attempt, "worker": slot.id}, slot.id)
-            slot.job = job  # as if it had run
             self._done(slot, message)
             return
         tid, attempt = message["start"], message["attempt"]
@@ -279,7 +300,6 @@ class Orchestrator:
 
     def _done(self, slot: Slot, done: dict[str, Any]) -> None:
         tid, attempt = done["done"], done["attempt"]
-        slot.job = None
         current = self.store.read("task", tid)["attempts"] == attempt
         if done.get("phase") == "patch":
             if current and self._state(tid) == "VALIDATING":
@@ -318,6 +338,7 @@ class Orchestrator:
         ws = self.graph.tasks[tid].workstream
         self.touched.add(ws)
         if to in self.terminal:
+            self.settled.append(("task", tid))
             self.unfinished.discard(tid)
             self.finished[ws] += 1
         if to == "COMPLETED":

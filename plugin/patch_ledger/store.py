@@ -8,10 +8,12 @@ its spare, synced to disk (one syncfs for a large batch, an fsync each for a sma
 swapped into place atomically. Each event carries the fields its transition set (`data`), so
 `RunStore.load` rebuilds a file that a crash left behind the log (or torn, after a power
 failure), and drops a torn last line of the log. With `autoflush` (the default) every call
-is flushed at once; `ledger run` batches a loop's transitions into one flush, and syncs the
-files themselves only at checkpoints (`flush(sync_files=False)` between them): the log is
-what makes a transition durable, and syncing the whole file system every 50 ms would also
-flush every task's output log.
+is flushed at once; `ledger run` batches a loop's transitions into one flush of the log
+(`flush(files=False)`), and writes the changed files only at checkpoints: the log is what
+makes a transition durable, and a task's file rewritten at each of its five steps cost more
+than the task (its file is written once a checkpoint instead, whatever it went through).
+A run's files may thus be a checkpoint behind its log; `ledger check` and `--resume` read
+them through the log (patch_ledger.replay).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class RunStore:
         self._spare_dir: Path | None = None
         self._pool: list[Path] = []  # spares holding a file's old text, free to take the next new one
         self._made = 0
+        self._unsynced = False  # files written since the last sync (`final` ones)
         self._last_at: str | None = None
 
     def read(self, kind: str, doc_id: str) -> Doc:
@@ -124,9 +127,13 @@ class RunStore:
         if self.autoflush:
             self.flush()
 
-    def flush(self, sync_files: bool = True) -> int:
-        """Make every change so far durable: the log, then the files (synced to disk unless
-        `sync_files` is False: a checkpoint does it). How many files were written."""
+    def flush(self, files: bool = True, final: Sequence[tuple[str, str]] = ()) -> int:
+        """Make every change so far durable: the log, then (unless `files` is False: only a
+        checkpoint writes them) the changed files, synced to disk. Without the files, those of
+        `final` (entities that will not change again, such as finished tasks) are written all
+        the same, after the log and unsynced: the next checkpoint syncs them, and a file
+        written once when its entity is done spares a checkpoint the bulk of its work. How
+        many files were written."""
         if self._events:
             self.events_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.events_path, "a", encoding="utf-8") as log:
@@ -134,14 +141,17 @@ class RunStore:
                 log.flush()
                 os.fsync(log.fileno())
             self._events.clear()
-        dirty = list(self._dirty)
-        self._dirty.clear()
-        if dirty:
+        if files:
+            dirty = list(self._dirty)
+            self._dirty.clear()
+        else:
+            dirty = [key for key in final if self._dirty.pop(key, 0) is None]
+        if dirty or (files and self._unsynced):
             self._write_files([(self.root / path_of(kind, self.run, doc_id), self._docs[(kind, doc_id)]) for kind, doc_id in dirty],
-                              sync_files)
+                              sync=files)
         return len(dirty)
 
-    def _write_files(self, files: list[tuple[Path, Doc]], sync: bool) -> None:
+    def _write_files(self, files: list[tuple[Path, Doc]], sync: bool = True) -> None:
         """Replace each file atomically. A new file is written under .git/ledger/ and renamed
         into place. An existing one gets its new text in a spare from the pool, synced, and
         swapped with the file by one renameat2(RENAME_EXCHANGE): the old text lands in the
@@ -159,9 +169,12 @@ class RunStore:
             else:
                 spare = self._pool.pop()
             staged.append((_stage(spare, doc), target, fresh))
-        if sync and len(staged) >= SYNCFS_FROM:
+        if not sync:
+            self._unsynced = True
+        elif len(staged) >= SYNCFS_FROM or self._unsynced:
             _sync_filesystem(spares)
-        elif sync:
+            self._unsynced = False
+        else:
             for spare, _, _ in staged:
                 fd = os.open(spare, os.O_RDONLY)
                 try:

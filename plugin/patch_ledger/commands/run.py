@@ -96,7 +96,7 @@ def plan_path_of(root: Path, given: str) -> str:
 
 
 def create_run(root: Path, graph: dag.Graph, plan_path: str, run_id: str, actor: str, budget: float | None) -> RunStore:
-    """The run's files, every task PENDING, written in one flush."""
+    """The run, every task PENDING, in its event log (the files follow at the run's first checkpoint)."""
     store = RunStore(root, run_id, autoflush=False)
     fields: dict[str, Any] = {"plan": plan_path, "progress": 0.0}
     base = git.commit_of(root, "HEAD")
@@ -112,7 +112,7 @@ def create_run(root: Path, graph: dag.Graph, plan_path: str, run_id: str, actor:
         store.create("task", task.id, actor, fields={
             "run": run_id, "workstream": task.workstream, "title": task.title, "depends_on": list(task.depends_on),
             "priority": task.priority, "attempts": 0, "max_attempts": task.max_attempts})
-    store.flush()
+    store.flush(files=False)
     return store
 
 
