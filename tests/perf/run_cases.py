@@ -150,7 +150,7 @@ class Sized(NamedTuple):
     make: float
     loop: float  # the run's own `duration_s`: its loop, after the run's files exist
     dry: float | None  # `ledger run --dry-run` (start, plan read, graph): 1,000 only
-    floor: float | None  # the DAG through our worker processes with no state kept (workers_floor.py): 1,000 only
+    floor: float | None  # the DAG through our job plumbing with no state kept (jobs_floor.py): 1,000 only
     note: str
 
 
@@ -169,7 +169,7 @@ def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds
         print(f"run of {n:,}: {durable(copies[0], n)}")
     if timed(make_argv, repo, env, base / "make-first.out").rc != 0:
         note = note or "make failed"
-    floor_argv = [sys.executable, str(HERE.parent / "workers_floor.py"), str(repo), f".ledger/plans/{PLAN}.yaml", str(WORKERS)]
+    floor_argv = [sys.executable, str(HERE.parent / "jobs_floor.py"), str(repo), f".ledger/plans/{PLAN}.yaml", str(WORKERS)]
     if with_dry and timed(floor_argv, repo, env, base / "floor-first.out").rc != 0:
         note = note or "the workers' floor failed"
     commands = ["ours", "make", *(["dry", "floor"] if with_dry else [])]
@@ -210,9 +210,9 @@ def rows(tmp: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
                        first.ours - first.loop, first.dry, None))
     out.append(Row(f"(k) of which its loop (duration_s) / make -s -j{WORKERS}", first.loop, first.make, None))
     if first.floor is not None:
-        # the design's own floor: Python worker processes that start, watch and report each
-        # job, with nothing durable; ledger run's state costs what lies between it and ours
-        out.append(Row(f"(k) the design's floor: the DAG through {WORKERS} of our worker processes, no state / make",
+        # the design's own floor: our loop starting and reaping each job, with nothing
+        # durable; ledger run's state costs what lies between it and ours
+        out.append(Row(f"(k) the design's floor: the DAG on {WORKERS} workers through our job plumbing, no state / make",
                        first.floor, first.make, None))
     for s in sized[1:]:
         per = s.ours / s.n

@@ -4,7 +4,7 @@ reaps it, with the watchdog and its beats) keeping no state at all: no files, no
 no machines. What `ledger run` takes beyond this is the cost of its durable state; what this
 takes beyond make is the cost of starting and reaping jobs from Python.
 
-    python tests/perf/workers_floor.py REPO PLAN WORKERS
+    python tests/perf/jobs_floor.py REPO PLAN WORKERS
 """
 
 from __future__ import annotations
@@ -54,6 +54,6 @@ def main(root: Path, plan: str, workers: int) -> int:
 
 if __name__ == "__main__":
     start = time.perf_counter()
-    rc = main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+    rc = main(Path(sys.argv[1]).resolve(), sys.argv[2], int(sys.argv[3]))
     print(f"{time.perf_counter() - start:.3f}")
     sys.exit(rc)
