@@ -235,3 +235,24 @@ def test_workers_counted_live_are_the_worker_machine_s(repo: Path) -> None:
     write(repo, ".ledger/runs/r1/workers/odd.json", {"id": "odd", "state": ["IDLE"]})
     (run,) = _status(repo)["runs"]
     assert run["workers"] == 2
+
+
+def test_a_run_under_way_is_shown_as_its_log_says_not_as_its_last_checkpoint(repo: Path) -> None:
+    """A run's files are written at checkpoints; a run killed before its first has its log alone."""
+    from patch_ledger.store import RunStore
+
+    store = RunStore(repo, "r1", autoflush=False)
+    store.create("run", "r1", "t", fields={"plan": ".ledger/plans/p.yaml", "progress": 0.0})
+    store.create("workstream", "w", "t", fields={"run": "r1", "progress": 0.0})
+    for tid in ("a", "b"):
+        store.create("task", tid, "t", fields={"run": "r1", "workstream": "w", "attempts": 0, "max_attempts": 1})
+    store.move("run", "r1", "RUNNING", "t", "started")
+    store.move("task", "a", "QUEUED", "t", "no dependencies")
+    store.move("task", "a", "RUNNING", "t", "attempt 1", fields={"attempts": 1})
+    store.flush(files=False)
+    assert not (repo / ".ledger" / "runs" / "r1" / "run.json").exists()
+    (run,) = _status(repo)["runs"]
+    assert run["id"] == "r1" and run["state"] == "RUNNING" and run["tasks"] == {"PENDING": 1, "RUNNING": 1}
+    with (repo / ".ledger" / "runs" / "r1" / "events.jsonl").open("a") as log:
+        log.write('{"torn": ')  # a crash in the middle of a line: what can be read is shown
+    assert _status(repo)["runs"][0]["tasks"] == {"PENDING": 1, "RUNNING": 1}

@@ -13,8 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from patch_ledger import config, ledger, machine, results
-from patch_ledger.layout import ROOT, classify
+from patch_ledger import config, ledger, machine, replay, results
+from patch_ledger.layout import ROOT, classify, path_of
 from patch_ledger.source import worktree
 
 RECENT = 10
@@ -85,16 +85,49 @@ def status_report(root: Path) -> dict[str, Any]:
 # --- runs ---------------------------------------------------------------------------------
 
 
+SHOWN = ("run", "task", "worker")
+
+
 def read_runs(root: Path, with_tasks: bool = False) -> list[dict[str, Any]]:
     """Each run's state, progress, tasks by state, cost, an ETA from its tasks' measured
     durations, and the workers that went unhealthy; `with_tasks` keeps each task's id,
-    state, workstream, title and dependencies too (`tasks_detail`), for drawing its DAG."""
-    runs: dict[str, dict[str, Any]] = {}
+    state, workstream, title and dependencies too (`tasks_detail`), for drawing its DAG.
+    A run that has not finished is read through its event log, as `ledger check` reads it:
+    its files are written at checkpoints, and a crash leaves them behind the log."""
+    found: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for f in filter(None, map(classify, worktree(root).files(f"{ROOT}/runs"))):
-        if f.kind in ("run", "task", "worker"):
-            entry = runs.setdefault(f.run, _new_run(f.run, with_tasks))  # type: ignore[arg-type]
-            _take(entry, f.kind, f.id, _read(root / f.path))
-    return [_finished_entry(r) for _, r in sorted(runs.items())]
+        docs = found.setdefault(f.run, {})  # type: ignore[arg-type]
+        if f.kind in SHOWN:
+            docs[(f.kind, f.id or f.run)] = _read(root / f.path)  # type: ignore[index]
+    out = []
+    for run, docs in sorted(found.items()):
+        if (docs.get(("run", run)) or {}).get("state") not in machine.load("run").terminal:
+            replay.catch_up(docs, _events(root / path_of("event", run, "")), lambda key: key[0] in SHOWN)
+        entry = _new_run(run, with_tasks)
+        for (kind, file_id), doc in sorted(docs.items()):
+            if kind in SHOWN:
+                _take(entry, kind, file_id, doc)
+        if entry["state"] is not None or entry["tasks"]:
+            out.append(_finished_entry(entry))
+    return out
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    """A run's log as far as it can be read: a torn or hand-broken line is left out (`ledger
+    check` names it)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def _new_run(run: str, with_tasks: bool) -> dict[str, Any]:
