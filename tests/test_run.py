@@ -679,7 +679,7 @@ def test_resume_kills_the_jobs_a_dead_scheduler_left_when_its_watchdog_died_too(
     again = ledger(repo, "run", "--resume", run_id(repo))
     assert again.returncode == 0, again.stderr
     assert not alive(job)
-    assert "1 job(s) it left running killed" in read(repo, "worker", "worker-1")["history"][-2]["reason"]
+    assert "process(es) of its jobs still running killed" in read(repo, "worker", "worker-1")["history"][-2]["reason"]
     assert done_lines(repo, "t1") == ["2"]
 
 
@@ -694,6 +694,99 @@ def test_a_run_is_run_by_one_scheduler_at_a_time(repo: Path) -> None:
     assert all_events(repo)[:len(before)] == before
     assert finish(proc).returncode == 0
     assert done_lines(repo, "t1") == ["1"]
+
+
+def test_a_scheduler_killed_while_it_starts_many_jobs_leaves_none_running(repo: Path) -> None:
+    """Each job carries its scheduler's mark from before its exec: one started a moment before
+    the kill is found and killed too, not only those the scheduler had written down."""
+    setup(repo, ws("a", *(task(f"t{i}", "sh -c 'echo $$ >> pids/all; sleep 30'") for i in range(120))))
+    for k in range(3):
+        proc = start(repo, "run", *(["p"] if k == 0 else ["--resume", run_id(repo)]), "--workers", "40")
+        wait_for(lambda: (repo / "pids" / "all").is_file() and len((repo / "pids" / "all").read_text().split()) > 40 * k,
+                 every=0.001)
+        proc.kill()  # in the middle of starting 40 jobs
+        finish(proc)
+        pids = [int(p) for p in (repo / "pids" / "all").read_text().split()]
+        wait_for(lambda: not [p for p in pids if alive(p)], timeout=3)
+
+
+def test_a_resume_that_stops_early_still_kills_what_the_dead_scheduler_left(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", sleeper(30))), max_attempts=3)
+    proc = start(repo, "run", "p", "--workers", "1")
+    wait_for(lambda: started(repo, "t1"))
+    job = int((repo / "pids" / "t1").read_text())
+    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its watchdog
+    finish(proc)
+    assert alive(job)
+    assert ledger(repo, "run", "--resume", run_id(repo), "--dry-run").returncode == 0
+    assert not alive(job)  # the claim killed it, before anything else was done
+
+
+def test_a_closed_terminal_takes_the_jobs_down_with_the_run(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", sleeper(30))), max_attempts=3)
+    proc = start(repo, "run", "p", "--workers", "1")
+    wait_for(lambda: started(repo, "t1"))
+    job = int((repo / "pids" / "t1").read_text())
+    os.killpg(proc.pid, signal.SIGHUP)  # the scheduler dies of it; its watchdog outlives it, then cleans up
+    finish(proc)
+    wait_for(lambda: not alive(job), timeout=3)
+
+
+def test_ctrl_z_then_fg_carries_on(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", sleeper(0.5)), task("t2", sleeper(0.5))))
+    proc = start(repo, "run", "p", "--workers", "1", "--heartbeat", "0.3")
+    wait_for(lambda: started(repo, "t1"))
+    os.killpg(proc.pid, signal.SIGTSTP)
+    time.sleep(1.5)  # five intervals: both stopped, the watchdog counts nothing
+    os.killpg(proc.pid, signal.SIGCONT)
+    assert finish(proc).returncode == 0
+    assert done_lines(repo, "t1") == done_lines(repo, "t2") == ["1"]
+
+
+def test_a_job_inherits_no_descriptor_and_no_ignored_signal(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", "sh -c 'ls /proc/$$/fd > done/t1; grep SigIgn /proc/$$/status >> done/t1'")))
+    r, w = os.pipe()
+    inherited = os.dup2(w, 37)
+    os.close(w)
+    proc = subprocess.Popen([sys.executable, "-m", "patch_ledger", "run", "p"], cwd=repo, env=cli_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(inherited,))  # e.g. a jobserver's pipe
+    os.close(inherited)
+    os.close(r)
+    assert finish(proc).returncode == 0
+    seen = (repo / "done" / "t1").read_text()
+    assert "37" not in seen.split() and {"0", "1", "2"} <= set(seen.split()), seen  # the shell's own may be there
+    ignored = int(seen.split("SigIgn:")[1].split()[0], 16)
+    assert ignored & 0x7FFFFFFF == 0, hex(ignored)  # no signal 1-31 ignored (SIGPIPE, SIGXFSZ...); libc keeps its real-time ones
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_heartbeat_of_no_time_is_refused(repo: Path, value: str) -> None:
+    setup(repo, ws("a", task("t1")))
+    result = run_plan(repo, "--heartbeat", value)
+    assert result.returncode == 2 and "--heartbeat" in result.stderr and result.stderr.count("\n") == 1
+    assert not (repo / ".ledger" / "runs").exists()
+
+
+def test_a_workflow_whose_first_phase_cannot_start_fails_and_the_run_ends(repo: Path) -> None:
+    plan = {"schema_version": 2, "name": "p", "defaults": {"max_attempts": 1, "retry_delay_s": 0.05},
+            "tools": {"ghost": {"command": ["no-such-program-xyz", "{prompt}"], "roles": ["analyst"]}},
+            "workstreams": [{"id": "flow", "workflow": {"prompt": "build it"}}]}
+    write_plan(repo, yaml.safe_dump(plan))
+    result = run_plan(repo, timeout=10)
+    assert result.returncode == 1
+    assert task_state(repo, "flow") == "FAILED"
+
+
+def test_a_plain_success_never_closes_a_half_open_breaker_in_its_probe_s_place(repo: Path) -> None:
+    tools = {"flaky": {"command": ["sh", "-c", 'set -- $1; sleep $1; test "$2" = ok', "sh", "{prompt}"],
+                       "breaker": {"threshold": 1, "cooldown_s": 0.05}}}
+    setup(repo, ws("a", {"id": "slow", "prompt": "0.6 ok", "tool": "flaky", "priority": 9},
+                   {"id": "bad", "prompt": "0.1 no", "tool": "flaky", "priority": 8},
+                   task("hog", "sleep 0.9", priority=7),
+                   {"id": "probe", "prompt": "0 no", "tool": "flaky", "priority": 1}), tools=tools, max_attempts=1)
+    run_plan(repo, "--workers", "2")
+    steps = [(h["to"], h["reason"]) for h in breaker_file(repo, "flaky")["history"]]
+    assert ("CLOSED", "the probe succeeded") not in steps
 
 
 def test_ctrl_c_drains_running_tasks_pauses_and_resume_completes(repo: Path) -> None:

@@ -82,6 +82,7 @@ class Orchestrator:
         self.slots: dict[str, Slot] = {}  # worker id -> its Slot
         self.draining = False
         self.interrupted = False  # Ctrl-C seen; the loop starts draining
+        self.aborted = False  # Ctrl-C seen twice; the loop stops
         self.note = ""
         self.last_flush = self.last_checkpoint = time.monotonic()
         self.started = time.monotonic()
@@ -122,10 +123,9 @@ class Orchestrator:
         return self._summary()
 
     def _drain(self, signum: int, frame: Any) -> None:
-        """SIGINT: a flag only, acted on by the loop (a handler may interrupt a write)."""
-        if self.interrupted:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.interrupted = True
+        """SIGINT: a flag only, acted on by the loop (a handler may interrupt a write, or a job's
+        start between its spawn and its pid kept). A second Ctrl-C stops at the loop's next turn."""
+        self.aborted, self.interrupted = self.interrupted, True
 
     def _start_draining(self) -> None:
         self.draining = True
@@ -136,14 +136,17 @@ class Orchestrator:
                                 fields={"task": None})
 
     def _step(self) -> None:
+        if self.aborted:
+            raise KeyboardInterrupt  # the jobs are killed on the way out (Pool.close)
         if self.interrupted and not self.draining:
             self._start_draining()
         ended = list(self.pool.wait(self._timeout()))  # type: ignore[union-attr]
-        if ended and self.options.budget is None and all(d["rc"] == 0 and not d["timed_out"] for _, d in ended):
+        if ended and self.options.budget is None and all(self._plain_success(d) for _, d in ended):
             # the freed workers take their next ready tasks before anything is written down,
             # so jobs never wait for our bookkeeping; the log still says the ended jobs ended
-            # before the new ones started. A failure (it may open a breaker) or a cost under a
-            # budget is accounted first.
+            # before the new ones started. Only after plain commands that succeeded: a tool's
+            # outcome (a breaker), a failure, a workflow's phase, a change to record or a cost
+            # under a budget is accounted first.
             self.unwritten = []
             self._dispatch()
         for slot, done in ended:
@@ -193,16 +196,15 @@ class Orchestrator:
     # --- preparing and closing --------------------------------------------------------
 
     def _prepare(self) -> None:
-        """Bring a new or resumed run to RUNNING: the jobs a killed scheduler left are killed,
-        its workers are UNHEALTHY (why, when its watchdog said) and terminated, and a task found
-        RUNNING or VALIDATING becomes a new attempt."""
-        killed = self.claim.kill_left()
+        """Bring a new or resumed run to RUNNING: the workers of the scheduler before us (its
+        jobs were killed when we claimed the run) are UNHEALTHY (why, when its watchdog said)
+        and terminated, and a task found RUNNING or VALIDATING becomes a new attempt."""
         run = self.store.read("run", self.run)
         if run["state"] in ("INITIALIZING", "PAUSED"):
             self.store.move("run", self.run, "RUNNING", self.options.actor, "started" if run["state"] == "INITIALIZING" else "resumed")
         lost = self.claim.lost.split(" ", 1)[-1] if self.claim.lost else "its run was interrupted"
-        if killed:
-            lost += f"; {len(killed)} job(s) it left running killed"
+        if self.claim.killed:
+            lost += f"; {self.claim.killed} process(es) of its jobs still running killed"
         for worker in self.store.docs("worker"):
             if _healthy(worker["state"]):
                 self.store.move("worker", worker["id"], "UNHEALTHY", self.options.actor, lost, fields={"task": None})
@@ -224,6 +226,7 @@ class Orchestrator:
                 self._cancel_dependents(tid)
         self._clear_worktrees("left when the run was interrupted")
         self._flush(checkpoint=False)
+        self.claim.forget_note()
 
     def _clear_worktrees(self, why: str) -> None:
         """Worktrees of this run no attempt is using: their changes recorded, then removed."""
@@ -284,7 +287,7 @@ class Orchestrator:
         """A job's start written down (or, when it could not even start, its end)."""
         if "done" in message:
             tid, attempt = job["task"], job["attempt"]
-            if job.get("phase") is None and self._state(tid) == "QUEUED":  # that attempt ran and failed
+            if job.get("phase") != "patch" and self._state(tid) == "QUEUED":  # that attempt (or its first phase) ran and failed
                 self._move_task(tid, "RUNNING", f"attempt {attempt} on {slot.id}", {"attempts": attempt, "worker": slot.id}, slot.id)
             self._done(slot, message)
             return
@@ -398,7 +401,14 @@ class Orchestrator:
                     out[tool] = out.get(tool, 0) + 1
         return frozenset(t for t, n in out.items() if n >= self.graph.tools[t].get("max_concurrency", n + 1))
 
+    def _plain_success(self, done: dict[str, Any]) -> bool:
+        tid = done["done"]
+        return (done["rc"] == 0 and not done["timed_out"] and done.get("phase") is None
+                and self.routes.get(tid, (None, ""))[0] is None and tid not in self.worktrees)
+
     def _free_slot(self) -> Slot | None:
+        if self.unwritten and "done" in self.unwritten[-1][2]:
+            return None  # a job could not start: written down before anything else starts
         return next((s for s in self.slots.values() if s.job is None), None)
 
     # --- tasks that produce patches ---------------------------------------------------

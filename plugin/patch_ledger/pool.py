@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import selectors
 import shutil
 import signal
@@ -38,19 +39,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from patch_ledger.errors import LedgerError
-from patch_ledger.watchdog import kill_jobs
+from patch_ledger.watchdog import MARK, kill_marked
 
 _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
 COST_KEY = "ledger_cost"  # a tool's cost line: {"ledger_cost": {"tokens": 1200, "money": 0.03}}
 SCAN_BYTES = 1 << 20  # of a log, the end that is searched for cost lines
 EXCERPT_BYTES = 4000
-SUPERVISOR = "supervisor"  # in the run's local directory: the claim, the scheduler's pid, its jobs' groups
+SUPERVISOR = "supervisor"  # in the run's local directory: the claim, the scheduler's pid and its jobs' mark
 LOST = "lost"  # left there by the watchdog that killed a frozen scheduler: why
 
 
 class Claim:
     """A run claimed by this process: the exclusive lock on its supervisor file, held until
-    the process exits (the kernel lets go of a killed one's)."""
+    the process exits (the kernel lets go of a killed one's). The file holds the scheduler's
+    pid and the mark its jobs carry (patch_ledger.watchdog); whatever still carries the mark
+    of the scheduler before us (dead, since its lock was free) is killed at once: a task never
+    runs twice at once, whatever this run does next."""
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
@@ -59,13 +63,17 @@ class Claim:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = (os.pread(self.fd, 64, 0).split(b"\n", 1)[0].decode(errors="replace") or "?").strip()
+            holder = (os.pread(self.fd, 64, 0).split()[:1] or [b"?"])[0].decode(errors="replace")
             os.close(self.fd)
             raise LedgerError(f"run {run_dir.name} is being run by process {holder}: let it finish, or stop it "
                               "(Ctrl-C drains it), then resume") from None
-        self.left = _read_groups(self.fd)  # the jobs of a scheduler that died before its watchdog could act
-        self.lost = _take_note(run_dir / LOST)
-        self.write([])
+        before = os.pread(self.fd, 256, 0).split()
+        self.killed = kill_marked(before[1].decode(errors="replace")) if len(before) > 1 else 0
+        self.lost = _note(run_dir / LOST)  # why the watchdog stopped the scheduler before us, if it did
+        self.token = secrets.token_hex(8)
+        data = f"{os.getpid()} {self.token}\n".encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
 
     @classmethod
     def of(cls, root: Path, run: str) -> "Claim":
@@ -74,16 +82,9 @@ class Claim:
 
         return cls(git.common_dir(root) / "ledger" / "runs" / run)
 
-    def write(self, groups: list[int]) -> None:
-        data = f"{os.getpid()}\n{' '.join(map(str, groups))}\n".encode()
-        os.pwrite(self.fd, data, 0)
-        os.ftruncate(self.fd, len(data))
-
-    def kill_left(self) -> list[int]:
-        """The process groups of jobs a dead scheduler left running, killed: a task never runs
-        twice at once."""
-        killed, self.left = kill_jobs(self.left), []
-        return killed
+    def forget_note(self) -> None:
+        """The watchdog's note, once the run's state says it."""
+        (self.dir / LOST).unlink(missing_ok=True)
 
     def release(self) -> None:
         os.close(self.fd)  # the lock goes with it
@@ -119,7 +120,8 @@ class Pool:
         self.claim, self.heartbeat_s = claim, heartbeat_s
         self.slots: dict[str, Slot] = {}
         self.programs: dict[tuple[str, str], str | None] = {}
-        self.environ = dict(os.environ)  # read once: os.environ decodes every entry on every read
+        self.environ = {**os.environ, MARK: claim.token}  # read once: os.environ decodes every entry on every read
+        _close_on_exec_inherited()
         self.devnull = os.open(os.devnull, os.O_RDONLY)
         self.home = os.open(".", os.O_RDONLY)  # the directory we return to after starting a job elsewhere
         self.here = os.getcwd()
@@ -137,7 +139,7 @@ class Pool:
         except ValueError:  # not the main thread (an embedding program): the loop polls instead
             pass
         self.watchdog = subprocess.Popen([sys.executable, "-m", "patch_ledger.watchdog", str(claim.dir / SUPERVISOR),
-                                          str(heartbeat_s), str(os.getpid())], stdin=subprocess.PIPE)
+                                          str(heartbeat_s), str(os.getpid()), claim.token], stdin=subprocess.PIPE)
         self._beating = threading.Event()
         self._beat = threading.Thread(target=self._beats, name="ledger-heartbeat", daemon=True)
         self._beat.start()
@@ -170,7 +172,6 @@ class Pool:
         slot.job, slot.pid = job, pid
         timeout = job.get("timeout")
         slot.deadline = slot.started + timeout if timeout else float("inf")
-        self._list_jobs()
         return {"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": pid}
 
     def _spawn(self, job: dict[str, Any], log: int) -> int:
@@ -179,12 +180,12 @@ class Pool:
         Python ignores given back their defaults. posix_spawn cannot change directory, so we
         change ours around it: nothing else runs in this process meanwhile (the beat thread
         writes to a pipe)."""
-        env = {**self.environ, **job["env"]} if job.get("env") else self.environ
+        env = {**self.environ, **job["env"], MARK: self.claim.token} if job.get("env") else self.environ
         argv = job["argv"]
         cwd = job.get("cwd") or self.here
-        if cwd != self.here:
-            os.chdir(cwd)
         try:
+            if cwd != self.here:
+                os.chdir(cwd)
             program = self._program(argv[0], env)
             if program is None:
                 raise FileNotFoundError(errno.ENOENT, "no such program on PATH")
@@ -205,7 +206,6 @@ class Pool:
             timeout = min(timeout, 0.005)
         for _ in self.selector.select(timeout):  # a job that ended since the last drain left a byte there
             _drain(self.wake)  # type: ignore[arg-type]
-        ended = False
         for slot in busy:
             pid, job = slot.pid, slot.job
             assert pid is not None and job is not None
@@ -218,10 +218,7 @@ class Pool:
                 _, status = os.waitpid(pid, 0)
             returncode = os.waitstatus_to_exitcode(status)
             slot.job, slot.pid = None, None
-            ended = True
             yield slot, _done(job, slot, returncode, timed_out, time.monotonic() - slot.started)
-        if ended:
-            self._list_jobs()
 
     def kill(self, slot: Slot) -> None:
         """The slot's job and its whole process group."""
@@ -229,7 +226,6 @@ class Pool:
             _kill(slot.pid)
             os.waitpid(slot.pid, 0)
             slot.job, slot.pid = None, None
-            self._list_jobs()
 
     def close(self) -> None:
         """Every job killed, the watchdog told we are done (its pipe closed), signals restored."""
@@ -239,6 +235,7 @@ class Pool:
                 os.close(slot._log)
                 slot._log = None
         self._beating.set()
+        self._beat.join()
         os.close(self.devnull)
         os.close(self.home)
         try:
@@ -255,9 +252,6 @@ class Pool:
                 os.close(fd)  # type: ignore[arg-type]
             self._previous = None
 
-    def _list_jobs(self) -> None:
-        self.claim.write([s.pid for s in self.slots.values() if s.pid is not None])
-
     def _program(self, name: str, env: dict[str, str]) -> str | None:
         """Where a bare program name is on PATH, looked up once a name and PATH: exec's own
         search tries every directory before the right one, for every job."""
@@ -265,9 +259,12 @@ class Pool:
             return name  # a path: resolved against the job's directory
         path = env.get("PATH", os.defpath)
         key = (name, path)
-        if key not in self.programs:
-            self.programs[key] = shutil.which(name, path=path)
-        return self.programs[key]
+        if key in self.programs:
+            return self.programs[key]
+        found = shutil.which(name, path=path)
+        if found is None or os.path.isabs(found):  # a relative PATH entry finds it in this job's directory only
+            self.programs[key] = found
+        return found
 
 
 def _drain(fd: int) -> None:
@@ -286,18 +283,26 @@ def _kill(pgid: int) -> bool:
         return False
 
 
-def _read_groups(fd: int) -> list[int]:
-    lines = os.pread(fd, 1 << 16, 0).decode(errors="replace").split("\n")
-    return [int(g) for g in lines[1].split() if g.isdigit()] if len(lines) > 1 else []
-
-
-def _take_note(path: Path) -> str:
+def _note(path: Path) -> str:
     try:
-        note = path.read_text().strip()
+        return path.read_text().strip()
     except OSError:
         return ""
-    path.unlink(missing_ok=True)
-    return note
+
+
+def _close_on_exec_inherited() -> None:
+    """Descriptors this process inherited (a pipe its caller passed along) are closed when a
+    job execs: posix_spawn keeps what is inheritable, and Python's own are not."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 256))
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass
 
 
 def _done(job: dict[str, Any], slot: Slot, returncode: int, timed_out: bool, duration: float) -> dict[str, Any]:

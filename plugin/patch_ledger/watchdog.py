@@ -1,13 +1,19 @@
 """The watchdog of a `ledger run`: nothing the scheduler started outlives it unwatched.
 
-It reads the scheduler's beats on its standard input (patch_ledger.pool sends one every half
-interval). When the input closes, the scheduler is gone (done, or killed): the jobs the
-supervisor file still lists are killed with their process groups. When two intervals pass
-with no beat, the scheduler froze: it is killed, then its jobs, and a note saying why is left
-beside the supervisor file for the run's next `--resume`, which marks its workers UNHEALTHY.
-A SIGCONT (the watchdog and the scheduler continued after Ctrl-Z) starts the count again.
+Every job of a scheduler carries its mark, `LEDGER_SCHEDULER=<token>` in its environment
+(set before the job's exec, so a job started a moment before its scheduler was killed has
+it too, and inherited by whatever the job starts). The watchdog reads the scheduler's beats
+on its standard input (patch_ledger.pool sends one every half interval). When the input
+closes, the scheduler is gone (done, or killed): every process carrying its mark is killed.
+When two intervals pass with no beat, the scheduler froze: a note saying why is left beside
+the supervisor file for the run's next `--resume` (which marks its workers UNHEALTHY), then
+the scheduler is killed, then its jobs. A SIGCONT (the watchdog and the scheduler continued
+after Ctrl-Z) starts the count again. Hang-ups and terminations are the scheduler's to die
+of; the watchdog waits for its input to close, and then cleans up.
 
-Run as `python -m patch_ledger.watchdog SUPERVISOR_FILE INTERVAL SCHEDULER_PID`; the
+Marked processes are found in /proc (Linux): elsewhere nothing is killed.
+
+Run as `python -m patch_ledger.watchdog SUPERVISOR_FILE INTERVAL SCHEDULER_PID TOKEN`; the
 standard library only, and quick to start.
 """
 
@@ -19,8 +25,8 @@ import signal
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Iterable
 
+MARK = "LEDGER_SCHEDULER"
 last = time.monotonic()
 
 
@@ -29,61 +35,63 @@ def _continued(signum: int, frame: object) -> None:
     last = time.monotonic()
 
 
-def main(supervisor: str, interval: float, scheduler: int) -> None:
+def main(supervisor: str, interval: float, scheduler: int, token: str) -> None:
     global last
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C drains the scheduler; we wait for it
+    for name in ("SIGINT", "SIGHUP", "SIGTERM", "SIGQUIT"):  # Ctrl-C drains the scheduler; the rest end it: we clean up after
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGCONT, _continued)
     poller = select.poll()
     poller.register(0, select.POLLIN)
     while True:
         left = last + 2 * interval - time.monotonic()
         if left <= 0:
-            os.kill(scheduler, signal.SIGKILL)
             when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            note = f"{when} missed two heartbeats ({2 * interval:g} s): its scheduler (process {scheduler}) was killed with its jobs\n"
             with open(os.path.join(os.path.dirname(supervisor), "lost"), "w") as f:
-                f.write(note)
+                f.write(f"{when} missed two heartbeats ({2 * interval:g} s): its scheduler (process {scheduler}) "
+                        "was killed with its jobs\n")
+            os.kill(scheduler, signal.SIGKILL)
             break
         if poller.poll(left * 1000):
             if not os.read(0, 4096):
                 break  # the scheduler is gone
             last = time.monotonic()
-    _kill_jobs(supervisor)
+    kill_marked(token)
 
 
-def _kill_jobs(supervisor: str) -> None:
-    try:
-        with open(supervisor) as f:
-            lines = f.read().split("\n")
-    except OSError:
-        return
-    kill_jobs(int(g) for g in (lines[1].split() if len(lines) > 1 else ()) if g.isdigit())
-
-
-def kill_jobs(groups: Iterable[int]) -> list[int]:
-    """The jobs' process groups killed; only a group whose leader still leads a session of its
-    own, as a job does: a pid recycled since is some other process's, and is left alone."""
-    killed = []
-    for group in groups:
-        if _leads_session(group):
+def kill_marked(token: str) -> int:
+    """Every process carrying the mark `token`, killed (and its process group, when it leads
+    one); again until none is found, as one may start another meanwhile. How many."""
+    mark = f"{MARK}={token}".encode()
+    killed: set[int] = set()
+    for _ in range(5):
+        found = [pid for pid in _pids() if pid not in killed and mark in _environ(pid)]
+        if not found:
+            break
+        for pid in found:
             try:
-                os.killpg(group, signal.SIGKILL)
-                killed.append(group)
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signal.SIGKILL)  # a job: its group, what did not carry the mark along too
+                os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-    return killed
+            killed.add(pid)
+    return len(killed)
 
 
-def _leads_session(pid: int) -> bool:
-    """/proc/PID/stat's fields after the command are state, ppid, pgrp, session."""
+def _pids() -> list[int]:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+        return [int(name) for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
     except OSError:
-        return False
-    fields = stat[stat.rfind(")") + 2:].split()
-    return len(fields) > 3 and fields[2] == fields[3] == str(pid)
+        return []
+
+
+def _environ(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -224,8 +224,8 @@ def rows(tmp: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
 # ---------------------------------------------------------------- profiling (by hand)
 
 def profile(n: int, sort: str) -> None:
-    """cProfile of one `ledger run` of `n` tasks, in-process (the workers are processes of their
-    own and are not in it), in a repository under the system's temporary directory."""
+    """cProfile of one `ledger run` of `n` tasks, in-process (the jobs and the watchdog are
+    processes of their own and are not in it), in a repository under the system's temporary directory."""
     import cProfile
     import pstats
 

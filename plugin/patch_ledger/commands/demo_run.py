@@ -18,9 +18,9 @@ RUN = "ship-demo"
 
 def play(root: Path) -> list[Act]:
     graph = dag.build(plans.load(root, PLAN), config.load(root).get("tools", {}), PLAN)
-    store = create_run(root, graph, PLAN, RUN, "demo", None)
     claim = Claim.of(root, RUN)
     try:
+        store = create_run(root, graph, PLAN, RUN, "demo", None)
         summary = Orchestrator(root, graph, store, Options(workers=2, actor="demo"), claim).execute()
     finally:
         claim.release()

@@ -23,6 +23,8 @@ def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: b
     root = git.toplevel(cwd)
     if workers < 1:
         raise LedgerError(f"--workers {workers}: give at least 1")
+    if not heartbeat > 0:
+        raise LedgerError(f"--heartbeat {heartbeat:g}: give the seconds between two beats, more than 0 (e.g. 1)")
     if budget is not None and budget < 0:
         raise LedgerError(f"--budget {budget:g}: a budget is an amount of at least 0")
     if resume:
