@@ -8,13 +8,14 @@ process supervises every job, as make does: a worker process between the schedul
 job cost more than the jobs themselves (docs/architecture.md has the figures).
 
 What outlives a scheduler that was killed is covered by the claim and the watchdog. A run is
-claimed by an exclusive lock on `.git/ledger/runs/<run>/supervisor`, a file that also lists
-the scheduler's pid and the process groups of the jobs it runs, rewritten as they change (no
-fsync: the page cache outlives a killed process, and a power failure kills the jobs too). The
-watchdog (patch_ledger.watchdog) gets a beat from the scheduler every interval; when its pipe
-closes (the scheduler is gone, even killed) it kills the jobs listed; when two intervals pass
-without a beat (the scheduler froze) it kills the scheduler and the jobs and leaves a note,
-`lost`, that the run's next `--resume` reads.
+claimed by an exclusive lock on `.git/ledger/runs/<run>/supervisor`, a file that also holds
+the scheduler's pid and the mark its jobs carry in their environment (`LEDGER_SCHEDULER`, a
+token new with each scheduler, set before the job's exec and inherited by what it starts).
+The watchdog (patch_ledger.watchdog) gets a beat from the scheduler every half interval;
+when its pipe closes (the scheduler is gone, even killed) it kills every process with the
+mark; when two intervals pass without a beat (the scheduler froze) it leaves a note, `lost`,
+that the run's next `--resume` reads, and kills the scheduler and the marked processes. The
+next claim of the run kills whatever still carries the mark of the scheduler before it.
 
 What a job's end means for the run's state is the orchestrator's; this module knows
 processes, files and signals.
