@@ -9,12 +9,13 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from patch_ledger import ledger, machine, overview, patches, results, schemas
 from patch_ledger.commands import status
+from patch_ledger.pool import Claim
 from tests import builders
 from tests.builders import commit, git, write
 from tests.builders import ledger as cli
@@ -39,9 +40,10 @@ def _gate(repo: Path, patch: ledger.Patch, gate: str, outcome: str) -> None:
 
 
 @pytest.fixture
-def busy(repo: Path) -> Path:
+def busy(repo: Path) -> Iterator[Path]:
     """A ledger with a quarantined patch, gate results, a required gate not yet run, a run
-    half done with an unhealthy worker, and an open breaker."""
+    half done with an unhealthy worker (its scheduler alive: this process holds its claim),
+    and an open breaker."""
     write(repo, "README.md", "start\n")
     commit(repo, "root")
     write(repo, ".ledger/config.yaml", "schema_version: 2\ngates:\n  - {name: tests, plugin: pytest, required: true}\n")
@@ -57,7 +59,9 @@ def busy(repo: Path) -> Path:
     write(repo, ".ledger/runs/r1/workers/w1.json", builders.walk("worker", "w1", ["BUSY", "UNHEALTHY"], run="r1"))
     write(repo, ".ledger/breakers/agent.json", builders.walk("breaker", "agent", ["OPEN"], target="agent",
                                                              failure_threshold=3, consecutive_failures=3))
-    return repo
+    claim = Claim(repo / ".git" / "ledger" / "runs" / "r1")
+    yield repo
+    claim.release()
 
 
 def _status(repo: Path, *args: str) -> dict[str, Any]:
@@ -200,7 +204,7 @@ def test_no_cell_of_a_report_drives_the_terminal() -> None:
     patch = {"id": CONTROL, "state": CONTROL, "seq": 1, "at": CONTROL, "actor": CONTROL, "message": CONTROL,
              "reason": CONTROL, "gates": gates}
     run = {"id": CONTROL, "state": CONTROL, "progress": None, "tasks": {CONTROL: 1}, "cost": {}, "workers": 0,
-           "unhealthy": [CONTROL, None], "eta_s": None}
+           "unhealthy": [CONTROL, None], "eta_s": None, "scheduled": False}
     breaker = {"id": CONTROL, "state": CONTROL, "consecutive_failures": None, "since": CONTROL}
     report = {"patches": {"total": 1, "by_state": {CONTROL: 1}, "recent": [patch], "quarantined": [patch]},
               "runs": [run], "breakers": [breaker]}
@@ -256,3 +260,16 @@ def test_a_run_under_way_is_shown_as_its_log_says_not_as_its_last_checkpoint(rep
     with (repo / ".ledger" / "runs" / "r1" / "events.jsonl").open("a") as log:
         log.write('{"torn": ')  # a crash in the middle of a line: what can be read is shown
     assert _status(repo)["runs"][0]["tasks"] == {"PENDING": 1, "RUNNING": 1}
+
+
+def test_a_run_no_scheduler_runs_says_how_to_continue_it_and_has_no_eta(busy: Path) -> None:
+    (run,) = _status(busy)["runs"]  # the fixture holds r1's claim, as its scheduler would
+    assert run["scheduled"] is True and run["eta_s"] == 4.0
+    write(busy, ".ledger/runs/r2/run.json", builders.walk("run", "r2", ["RUNNING"], progress=0.0, plan="plans/p.yaml"))
+    write(busy, ".ledger/runs/r2/tasks/a.json", builders.task("a", ["QUEUED", "RUNNING", "VALIDATING", "COMPLETED"], duration_s=4.0))
+    write(busy, ".ledger/runs/r2/tasks/b.json", builders.task("b", []))
+    stopped = next(r for r in _status(busy)["runs"] if r["id"] == "r2")
+    assert stopped["scheduled"] is False and stopped["eta_s"] is None  # a killed run finishes nothing meanwhile
+    assert any("r2" in line and "stopped: `ledger run --resume r2` continues it" in line
+               for line in cli(busy, "status").stdout.splitlines())
+    assert [r["scheduled"] for r in _status(busy)["runs"] if r["state"] == "COMPLETED"] == []

@@ -101,9 +101,11 @@ def read_runs(root: Path, with_tasks: bool = False) -> list[dict[str, Any]]:
             docs[(f.kind, f.id or f.run)] = _read(root / f.path)  # type: ignore[index]
     out = []
     for run, docs in sorted(found.items()):
+        scheduled = None
         if (docs.get(("run", run)) or {}).get("state") not in machine.load("run").terminal:
             replay.catch_up(docs, _events(root / path_of("event", run, "")), lambda key: key[0] in SHOWN)
-        entry = _new_run(run, with_tasks)
+            scheduled = _scheduled(root, run)
+        entry = _new_run(run, with_tasks, scheduled)
         for (kind, file_id), doc in sorted(docs.items()):
             if kind in SHOWN:
                 _take(entry, kind, file_id, doc)
@@ -130,9 +132,17 @@ def _events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
-def _new_run(run: str, with_tasks: bool) -> dict[str, Any]:
+def _scheduled(root: Path, run: str) -> bool:
+    """Whether a `ledger run` runs it now: it holds the run's claim (patch_ledger.pool)."""
+    from patch_ledger import git
+    from patch_ledger.pool import claimed
+
+    return claimed(git.common_dir(root) / "ledger" / "runs" / run)
+
+
+def _new_run(run: str, with_tasks: bool, scheduled: bool | None = None) -> dict[str, Any]:
     entry = {"id": run, "state": None, "progress": None, "tasks": Counter(), "cost": {},
-             "durations": [], "workers": 0, "unhealthy": []}
+             "durations": [], "workers": 0, "unhealthy": [], "scheduled": scheduled}
     return {**entry, "tasks_detail": []} if with_tasks else entry
 
 
@@ -193,7 +203,7 @@ def _finished_entry(r: dict[str, Any]) -> dict[str, Any]:
     final = machine.load("task").terminal
     left = sum(n for s, n in r["tasks"].items() if s not in final)
     eta = None
-    if left and durations and r["state"] == "RUNNING":
+    if left and durations and r["state"] == "RUNNING" and r["scheduled"]:
         eta = round(left * sum(durations) / len(durations) / max(1, r["workers"]), 1)
     return dict(r, tasks=dict(sorted(r["tasks"].items())), eta_s=eta)
 

@@ -91,6 +91,21 @@ class Claim:
         os.close(self.fd)  # the lock goes with it
 
 
+def claimed(run_dir: Path) -> bool:
+    """Whether a scheduler holds the run now (its claim's lock is taken); asked without waiting."""
+    try:
+        fd = os.open(run_dir / SUPERVISOR, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False  # ours at once: nobody holds it (closing the file lets go)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class Slot:
     """A worker: the job it runs, if any."""
 

@@ -77,6 +77,7 @@ def _share(progress: Any) -> str:
 
 def _extra(r: dict[str, Any]) -> str:
     notes = [f"ETA {r['eta_s']:g} s" if r["eta_s"] is not None else "",
+             f"stopped: `ledger run --resume {r['id']}` continues it" if r["scheduled"] is False else "",
              f"cost {r['cost'].get('money', 0):g} ({r['cost'].get('tokens', 0)} tokens)" if r["cost"] else "",
              f"unhealthy workers: {', '.join(map(str, r['unhealthy']))}" if r["unhealthy"] else ""]
     return "; ".join(n for n in notes if n)
