@@ -789,6 +789,19 @@ def test_a_plain_success_never_closes_a_half_open_breaker_in_its_probe_s_place(r
     assert ("CLOSED", "the probe succeeded") not in steps
 
 
+def test_a_scheduler_busy_on_a_long_computation_is_not_taken_for_frozen(repo: Path) -> None:
+    """A cost pattern that backtracks for seconds holds the interpreter's lock, so the beats
+    stop; the scheduler is on a CPU, not frozen, and its watchdog lets it be."""
+    tools = {"t": {"command": ["sh", "-c", "printf '%s' 1111111111111111111111111; echo \"$1\"", "sh", "{prompt}"],
+                   "cost": {"pattern": r"(?P<tokens>(\d+)+)x"}}}
+    setup(repo, ws("a", {"id": "t1", "prompt": "y", "tool": "t"}), tools=tools)
+    started_at = time.monotonic()
+    result = run_plan(repo, "--heartbeat", "0.2", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started_at > 0.4  # the pattern did outlast two intervals
+    assert task_state(repo, "t1") == "COMPLETED"
+
+
 def test_ctrl_c_drains_running_tasks_pauses_and_resume_completes(repo: Path) -> None:
     setup(repo, ws("a", *(task(f"t{i}", sleeper(0.6 if i < 2 else 0.01)) for i in range(6))))
     proc = start(repo, "run", "p", "--workers", "2")

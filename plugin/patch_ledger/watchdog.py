@@ -5,9 +5,10 @@ Every job of a scheduler carries its mark, `LEDGER_SCHEDULER=<token>` in its env
 it too, and inherited by whatever the job starts). The watchdog reads the scheduler's beats
 on its standard input (patch_ledger.pool sends one every half interval). When the input
 closes, the scheduler is gone (done, or killed): every process carrying its mark is killed.
-When two intervals pass with no beat, the scheduler froze: a note saying why is left beside
-the supervisor file for the run's next `--resume` (which marks its workers UNHEALTHY), then
-the scheduler is killed, then its jobs. A SIGCONT (the watchdog and the scheduler continued
+When two intervals pass with no beat and the scheduler is not on a CPU (a long computation
+can hold the beating thread off: that is no freeze), it froze: a note saying why is left
+beside the supervisor file for the run's next `--resume` (which marks its workers
+UNHEALTHY), then the scheduler is killed, then its jobs. A SIGCONT (the watchdog and the scheduler continued
 after Ctrl-Z) starts the count again. Hang-ups and terminations are the scheduler's to die
 of; the watchdog waits for its input to close, and then cleans up.
 
@@ -44,6 +45,9 @@ def main(supervisor: str, interval: float, scheduler: int, token: str) -> None:
     poller.register(0, select.POLLIN)
     while True:
         left = last + 2 * interval - time.monotonic()
+        if left <= 0 and _state(scheduler) == "R":
+            last += interval  # busy on a CPU (a long computation holds the beating thread off), not frozen: ask again
+            continue
         if left <= 0:
             when = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             with open(os.path.join(os.path.dirname(supervisor), "lost"), "w") as f:
@@ -76,6 +80,16 @@ def kill_marked(token: str) -> int:
                 pass
             killed.add(pid)
     return len(killed)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc/PID/stat (R running, S sleeping, T stopped, ...); "" when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    return stat[stat.rfind(")") + 2:][:1]
 
 
 def _pids() -> list[int]:
