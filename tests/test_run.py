@@ -710,6 +710,35 @@ def test_a_scheduler_killed_while_it_starts_many_jobs_leaves_none_running(repo: 
         wait_for(lambda: not [p for p in pids if alive(p)], timeout=3)
 
 
+def test_a_job_that_clears_its_environment_still_dies_with_its_killed_scheduler(repo: Path) -> None:
+    setup(repo, ws("a", task("t1", "env -i sh -c 'echo $$ > pids/t1; exec sleep 30'")))
+    proc = start(repo, "run", "p", "--workers", "1")
+    wait_for(lambda: started(repo, "t1"))
+    job = int((repo / "pids" / "t1").read_text())
+    assert b"LEDGER_SCHEDULER" not in Path(f"/proc/{job}/environ").read_bytes()  # it shed the mark
+    proc.kill()
+    finish(proc)
+    wait_for(lambda: not alive(job), timeout=3)  # found by its session, which the scheduler wrote down
+
+
+def test_a_run_inside_a_job_keeps_the_outer_mark_and_a_copy_of_the_repository_kills_nothing(repo: Path, tmp_path: Path) -> None:
+    setup(repo, ws("a", task("t1", "sh -c 'echo $LEDGER_SCHEDULER > done/mark; echo $$ > pids/t1; sleep 30'")))
+    env = {**cli_env(), "LEDGER_SCHEDULER": "outer"}
+    proc = subprocess.Popen([sys.executable, "-m", "patch_ledger", "run", "p"], cwd=repo, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    wait_for(lambda: started(repo, "t1"))
+    assert (repo / "done" / "mark").read_text().split(",")[0] == "outer"  # a watchdog of an outer run finds it too
+    job = int((repo / "pids" / "t1").read_text())
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, symlinks=True)  # a backup taken mid-run
+    (copy / ".ledger" / "plans" / "p.yaml").write_text((copy / ".ledger" / "plans" / "p.yaml").read_text().replace("sleep 30", "sleep 0"))
+    assert ledger(copy, "run", "--resume", run_id(repo)).returncode == 0
+    assert alive(job)  # the copy's claim knew the mark was not its own
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.kill()
+    finish(proc)
+
+
 def test_a_resume_that_stops_early_still_kills_what_the_dead_scheduler_left(repo: Path) -> None:
     setup(repo, ws("a", task("t1", sleeper(30))), max_attempts=3)
     proc = start(repo, "run", "p", "--workers", "1")
@@ -718,8 +747,13 @@ def test_a_resume_that_stops_early_still_kills_what_the_dead_scheduler_left(repo
     os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its watchdog
     finish(proc)
     assert alive(job)
+    before = sorted(p.name for p in (repo / ".git" / "ledger" / "runs" / run_id(repo)).iterdir())
     assert ledger(repo, "run", "--resume", run_id(repo), "--dry-run").returncode == 0
-    assert not alive(job)  # the claim killed it, before anything else was done
+    assert alive(job)  # a dry run claims nothing, kills nothing, writes nothing
+    assert sorted(p.name for p in (repo / ".git" / "ledger" / "runs" / run_id(repo)).iterdir()) == before
+    write_plan(repo, "workstreams: [")  # the resume stops at the plan
+    assert ledger(repo, "run", "--resume", run_id(repo)).returncode == 2
+    assert not alive(job)  # the claim killed it first
 
 
 def test_a_closed_terminal_takes_the_jobs_down_with_the_run(repo: Path) -> None:
@@ -796,10 +830,23 @@ def test_a_scheduler_busy_on_a_long_computation_is_not_taken_for_frozen(repo: Pa
                    "cost": {"pattern": r"(?P<tokens>(\d+)+)x"}}}
     setup(repo, ws("a", {"id": "t1", "prompt": "y", "tool": "t"}), tools=tools)
     started_at = time.monotonic()
-    result = run_plan(repo, "--heartbeat", "0.2", timeout=120)
+    result = run_plan(repo, "--heartbeat", "0.5", timeout=120)
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started_at > 0.4  # the pattern did outlast two intervals
+    assert time.monotonic() - started_at > 1.0  # the pattern did outlast two intervals
     assert task_state(repo, "t1") == "COMPLETED"
+
+
+def test_a_runaway_computation_in_the_scheduler_is_stopped_all_the_same(repo: Path) -> None:
+    """On a CPU and silent for ten intervals: no freeze, but no progress either; stopped, so
+    that no job outlives its deadline unwatched."""
+    tools = {"t": {"command": ["sh", "-c", "printf '%s' 111111111111111111111111111111111111111111; echo \"$1\"", "sh",
+                               "{prompt}"], "cost": {"pattern": r"(?P<tokens>(\d+)+)x"}}}
+    setup(repo, ws("a", {"id": "t1", "prompt": "y", "tool": "t"}), tools=tools)
+    started_at = time.monotonic()
+    result = run_plan(repo, "--heartbeat", "0.1", timeout=30)
+    assert result.returncode == -signal.SIGKILL and time.monotonic() - started_at < 10
+    note = (repo / ".git" / "ledger" / "runs" / run_id(repo) / "lost").read_text()
+    assert "busy on a CPU all along (a runaway computation)" in note
 
 
 def test_ctrl_c_drains_running_tasks_pauses_and_resume_completes(repo: Path) -> None:

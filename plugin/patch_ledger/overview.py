@@ -92,8 +92,9 @@ def read_runs(root: Path, with_tasks: bool = False) -> list[dict[str, Any]]:
     """Each run's state, progress, tasks by state, cost, an ETA from its tasks' measured
     durations, and the workers that went unhealthy; `with_tasks` keeps each task's id,
     state, workstream, title and dependencies too (`tasks_detail`), for drawing its DAG.
-    A run that has not finished is read through its event log, as `ledger check` reads it:
-    its files are written at checkpoints, and a crash leaves them behind the log."""
+    A run that has not finished and that no scheduler runs now is read through its event
+    log, as `ledger check` reads it: a crash leaves its files behind the log (a live run's
+    files are at most a checkpoint, a second, behind it)."""
     found: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for f in filter(None, map(classify, worktree(root).files(f"{ROOT}/runs"))):
         docs = found.setdefault(f.run, {})  # type: ignore[arg-type]
@@ -103,8 +104,9 @@ def read_runs(root: Path, with_tasks: bool = False) -> list[dict[str, Any]]:
     for run, docs in sorted(found.items()):
         scheduled = None
         if (docs.get(("run", run)) or {}).get("state") not in machine.load("run").terminal:
-            replay.catch_up(docs, _events(root / path_of("event", run, "")), lambda key: key[0] in SHOWN)
             scheduled = _scheduled(root, run)
+            if not scheduled or ("run", run) not in docs:  # a live run's files are a checkpoint behind at most
+                replay.catch_up(docs, _events(root / path_of("event", run, "")), lambda key: key[0] in SHOWN)
         entry = _new_run(run, with_tasks, scheduled)
         for (kind, file_id), doc in sorted(docs.items()):
             if kind in SHOWN:

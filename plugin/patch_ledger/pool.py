@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from patch_ledger.errors import LedgerError
-from patch_ledger.watchdog import MARK, kill_marked
+from patch_ledger.watchdog import HEADER_BYTES, MARK, RECORD_BYTES, kill_jobs
 
 _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
+_BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)  # the clock of /proc/PID/stat's starttime (Linux)
 COST_KEY = "ledger_cost"  # a tool's cost line: {"ledger_cost": {"tokens": 1200, "money": 0.03}}
 SCAN_BYTES = 1 << 20  # of a log, the end that is searched for cost lines
 EXCERPT_BYTES = 4000
@@ -53,28 +54,46 @@ LOST = "lost"  # left there by the watchdog that killed a frozen scheduler: why
 class Claim:
     """A run claimed by this process: the exclusive lock on its supervisor file, held until
     the process exits (the kernel lets go of a killed one's). The file holds the scheduler's
-    pid and the mark its jobs carry (patch_ledger.watchdog); whatever still carries the mark
-    of the scheduler before us (dead, since its lock was free) is killed at once: a task never
-    runs twice at once, whatever this run does next."""
+    pid, the mark its jobs carry (patch_ledger.watchdog) and the session of each job it runs;
+    whatever is left of the jobs of the scheduler before us (dead, since its lock was free)
+    is killed at once: a task never runs twice at once, whatever this run does next. A mark
+    names the file it was made for (its device and inode), so a copy of the repository never
+    kills the original's jobs."""
 
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(run_dir / SUPERVISOR, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = (os.pread(self.fd, 64, 0).split()[:1] or [b"?"])[0].decode(errors="replace")
-            os.close(self.fd)
-            raise LedgerError(f"run {run_dir.name} is being run by process {holder}: let it finish, or stop it "
-                              "(Ctrl-C drains it), then resume") from None
-        before = os.pread(self.fd, 256, 0).split()
-        self.killed = kill_marked(before[1].decode(errors="replace")) if len(before) > 1 else 0
+        deadline = time.monotonic() + 0.25  # `ledger status` may hold a shared lock for a moment
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                holder = (os.pread(self.fd, 64, 0).split()[:1] or [b"?"])[0].decode(errors="replace")
+                os.close(self.fd)
+                raise LedgerError(f"run {run_dir.name} is being run by process {holder}: let it finish, or stop it "
+                                  "(Ctrl-C drains it), then resume") from None
+        info = os.fstat(self.fd)
+        identity = f"{info.st_dev:x}.{info.st_ino:x}"
+        before = os.pread(self.fd, 1 << 16, 0)
+        old = before[:HEADER_BYTES].split()
+        ours = len(old) > 1 and old[1].decode(errors="replace").rsplit(".", 1)[0] == identity
+        self.killed = kill_jobs(before, old[1].decode(errors="replace")) if ours else 0
         self.lost = _note(run_dir / LOST)  # why the watchdog stopped the scheduler before us, if it did
-        self.token = secrets.token_hex(8)
-        data = f"{os.getpid()} {self.token}\n".encode()
-        os.pwrite(self.fd, data, 0)
-        os.ftruncate(self.fd, len(data))
+        self.token = f"{identity}.{secrets.token_hex(8)}"
+        header = f"{os.getpid()} {self.token}".ljust(HEADER_BYTES - 1) + "\n"
+        os.pwrite(self.fd, header.encode(), 0)
+        os.ftruncate(self.fd, HEADER_BYTES)
+
+    def record(self, index: int, session: int | None, boot: float = 0.0) -> None:
+        """Worker `index`'s job: its session (its pid) and when it started, in seconds since
+        boot; or none. One write in place: the page cache outlives a killed process."""
+        text = f"{session} {boot:.3f}" if session is not None else ""
+        os.pwrite(self.fd, (text.ljust(RECORD_BYTES - 1) + "\n").encode(), HEADER_BYTES + index * RECORD_BYTES)
 
     @classmethod
     def of(cls, root: Path, run: str) -> "Claim":
@@ -109,8 +128,8 @@ def claimed(run_dir: Path) -> bool:
 class Slot:
     """A worker: the job it runs, if any."""
 
-    def __init__(self, worker_id: str, log: Path) -> None:
-        self.id, self.log_path = worker_id, log
+    def __init__(self, worker_id: str, log: Path, index: int) -> None:
+        self.id, self.log_path, self.index = worker_id, log, index
         self.job: dict[str, Any] | None = None
         self.pid: int | None = None  # of the job's process, the leader of its process group
         self.started = 0.0
@@ -136,7 +155,9 @@ class Pool:
         self.claim, self.heartbeat_s = claim, heartbeat_s
         self.slots: dict[str, Slot] = {}
         self.programs: dict[tuple[str, str], str | None] = {}
-        self.environ = {**os.environ, MARK: claim.token}  # read once: os.environ decodes every entry on every read
+        # the marks of the schedulers above us (a run inside a job) and ours: each watchdog finds its own
+        self.mark = ",".join(filter(None, (os.environ.get(MARK), claim.token)))
+        self.environ = {**os.environ, MARK: self.mark}  # read once: os.environ decodes every entry on every read
         _close_on_exec_inherited()
         self.devnull = os.open(os.devnull, os.O_RDONLY)
         self.home = os.open(".", os.O_RDONLY)  # the directory we return to after starting a job elsewhere
@@ -171,7 +192,7 @@ class Pool:
                 return
 
     def add(self, worker_id: str, logs: Path) -> Slot:
-        slot = self.slots[worker_id] = Slot(worker_id, logs / f"{worker_id}.log")
+        slot = self.slots[worker_id] = Slot(worker_id, logs / f"{worker_id}.log", len(self.slots))
         return slot
 
     def start(self, slot: Slot, job: dict[str, Any]) -> dict[str, Any]:
@@ -180,12 +201,14 @@ class Pool:
         log = slot.log()
         slot.first = os.lseek(log, 0, os.SEEK_END)
         slot.started = time.monotonic()
+        boot = time.clock_gettime(_BOOT_CLOCK)
         try:
             pid = self._spawn(job, log)
         except (OSError, ValueError, IndexError) as e:
             os.write(log, f"could not start {job['argv'][:1]!r}: {getattr(e, 'strerror', None) or e}\n".encode())
             return _done(job, slot, 127, False, time.monotonic() - slot.started)
         slot.job, slot.pid = job, pid
+        self.claim.record(slot.index, pid, boot)
         timeout = job.get("timeout")
         slot.deadline = slot.started + timeout if timeout else float("inf")
         return {"start": job["task"], "attempt": job["attempt"], "phase": job.get("phase"), "pid": pid}
@@ -196,7 +219,7 @@ class Pool:
         Python ignores given back their defaults. posix_spawn cannot change directory, so we
         change ours around it: nothing else runs in this process meanwhile (the beat thread
         writes to a pipe)."""
-        env = {**self.environ, **job["env"], MARK: self.claim.token} if job.get("env") else self.environ
+        env = {**self.environ, **job["env"], MARK: self.mark} if job.get("env") else self.environ
         argv = job["argv"]
         cwd = job.get("cwd") or self.here
         try:
@@ -234,6 +257,7 @@ class Pool:
                 _, status = os.waitpid(pid, 0)
             returncode = os.waitstatus_to_exitcode(status)
             slot.job, slot.pid = None, None
+            self.claim.record(slot.index, None)
             yield slot, _done(job, slot, returncode, timed_out, time.monotonic() - slot.started)
 
     def kill(self, slot: Slot) -> None:
@@ -242,6 +266,7 @@ class Pool:
             _kill(slot.pid)
             os.waitpid(slot.pid, 0)
             slot.job, slot.pid = None, None
+            self.claim.record(slot.index, None)
 
     def close(self) -> None:
         """Every job killed, the watchdog told we are done (its pipe closed), signals restored."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections import Counter
@@ -28,7 +29,10 @@ def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: b
     if budget is not None and budget < 0:
         raise LedgerError(f"--budget {budget:g}: a budget is an amount of at least 0")
     if resume:
-        claim = _claimed(root, resume)
+        _must_exist(root, resume)
+        if dry_run:  # the run's plan, read; nothing claimed, killed or written
+            return _run(root, _plan_of(root, resume), None, workers, budget, dry_run, heartbeat, actor, fmt)
+        claim = Claim.of(root, resume)  # before anything of it is read or written: one scheduler a run
         try:
             return _run(root, None, claim, workers, budget, dry_run, heartbeat, actor, fmt)
         finally:
@@ -134,13 +138,23 @@ def _new_run_id(root: Path, graph: dag.Graph, plan_path: str) -> str:
     raise LedgerError(f"{directory.parent}: no free run id for {name} at {stamp}; remove old runs")
 
 
-def _claimed(root: Path, run_id: str) -> Claim:
-    """The run claimed by this process before anything of it is read or written: no two
-    schedulers ever run one run."""
+def _must_exist(root: Path, run_id: str) -> None:
     run_file, log = root / path_of("run", run_id, run_id), root / path_of("event", run_id, "")
     if "/" in run_id or not (run_file.is_file() or log.is_file()):
         raise LedgerError(f"--resume {run_id}: no run {run_id} under .ledger/runs/; `ledger status` lists the runs")
-    return Claim.of(root, run_id)
+
+
+def _plan_of(root: Path, run_id: str) -> str:
+    """The plan of a run, as its run.json or (before its first checkpoint) its log's first event says."""
+    for read in (lambda: json.loads((root / path_of("run", run_id, run_id)).read_text()),
+                 lambda: json.loads((root / path_of("event", run_id, "")).read_text().split("\n", 1)[0])["data"]):
+        try:
+            plan = read().get("plan")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(plan, str):
+            return plan
+    raise LedgerError(f"--resume {run_id}: neither run.json nor its event log names the run's plan; start it again")
 
 
 def _resumed(root: Path, run_id: str) -> RunStore:
