@@ -9,13 +9,12 @@ job cost more than the jobs themselves (docs/architecture.md has the figures).
 
 What outlives a scheduler that was killed is covered by the claim and the watchdog. A run is
 claimed by an exclusive lock on `.git/ledger/runs/<run>/supervisor`, a file that also holds
-the scheduler's pid and the mark its jobs carry in their environment (`LEDGER_SCHEDULER`, a
-token new with each scheduler, set before the job's exec and inherited by what it starts).
-The watchdog (patch_ledger.watchdog) gets a beat from the scheduler every half interval;
-when its pipe closes (the scheduler is gone, even killed) it kills every process with the
-mark; when two intervals pass without a beat (the scheduler froze) it leaves a note, `lost`,
-that the run's next `--resume` reads, and kills the scheduler and the marked processes. The
-next claim of the run kills whatever still carries the mark of the scheduler before it.
+the scheduler's pid, the mark its jobs carry in their environment (`LEDGER_SCHEDULER`) and
+the session of each job under way, each written in place as it changes (no fsync: the page
+cache outlives a killed process). The watchdog (patch_ledger.watchdog, which says how jobs
+are found and killed) gets a beat from the scheduler every half interval; it cleans up when
+its pipe closes or the beats stop. The next claim of the run cleans up after the scheduler
+before it, in case its watchdog died with it.
 
 What a job's end means for the run's state is the orchestrator's; this module knows
 processes, files and signals.
