@@ -30,50 +30,36 @@ def run(cwd: str, plan: str | None, workers: int, resume: str | None, dry_run: b
         raise LedgerError(f"--budget {budget:g}: a budget is an amount of at least 0")
     if resume:
         _must_exist(root, resume)
-        if dry_run:  # the run's plan, read; nothing claimed, killed or written
-            return _run(root, _plan_of(root, resume), None, workers, budget, dry_run, heartbeat, actor, fmt)
-        claim = Claim.of(root, resume)  # before anything of it is read or written: one scheduler a run
-        try:
-            return _run(root, None, claim, workers, budget, dry_run, heartbeat, actor, fmt)
-        finally:
-            claim.release()
-    if plan is None:
+    elif plan is None:
         raise LedgerError("name a plan (e.g. .ledger/plans/build.yaml, or just build), or --resume RUN_ID")
-    return _run(root, plan_path_of(root, plan), None, workers, budget, dry_run, heartbeat, actor, fmt)
-
-
-def _run(root: Path, plan_path: str | None, claim: Claim | None, workers: int, budget: float | None, dry_run: bool,
-         heartbeat: float, actor: str | None, fmt: str) -> int:
-    """A new run of `plan_path`, or the run `claim` holds (resumed)."""
-    store = _resumed(root, claim.dir.name) if claim is not None else None
-    if store is not None:
-        plan_path = store.read("run", store.run)["plan"]
-    assert plan_path is not None
-    graph = dag.build(plans.load(root, plan_path), config.load(root).get("tools", {}), plan_path)
-    if dry_run:
-        return _dry_run(graph, router.Router(root, graph.tools), fmt)
-    who = actor_of(root, actor)
-    if store is None:
-        run_id = _new_run_id(root, graph, plan_path)
-        claim = Claim.of(root, run_id)
-        try:
-            return _execute(root, graph, create_run(root, graph, plan_path, run_id, who, budget), claim, workers, budget,
-                            heartbeat, who, fmt)
-        finally:
+    # a resumed run is claimed before anything of it is read or written (one scheduler a run); a dry
+    # run claims, kills and writes nothing
+    claim = Claim.of(root, resume) if resume and not dry_run else None
+    try:
+        store = _resumed(root, resume) if claim is not None else None  # type: ignore[arg-type]
+        if store is not None:
+            plan_path = store.read("run", store.run)["plan"]
+        else:
+            plan_path = _plan_of(root, resume) if resume else plan_path_of(root, plan)  # type: ignore[arg-type]
+        graph = dag.build(plans.load(root, plan_path), config.load(root).get("tools", {}), plan_path)
+        if dry_run:
+            return _dry_run(graph, router.Router(root, graph.tools), fmt)
+        who = actor_of(root, actor)
+        if store is None:
+            run_id = _new_run_id(root, graph, plan_path)
+            claim = Claim.of(root, run_id)
+            store = create_run(root, graph, plan_path, run_id, who, budget)
+        elif budget is not None:
+            store.update("run", store.run, {"budget": budget})
+        run_budget = budget if budget is not None else store.read("run", store.run).get("budget")
+        options = Options(workers, run_budget, heartbeat, fmt == "text" and sys.stderr.isatty(), who)
+        if store.read("run", store.run)["state"] in machine.load("run").terminal:
+            summary = _already_finished(store)  # a kill that landed after the run's last write: nothing to do
+        else:
+            summary = Orchestrator(root, graph, store, options, claim).execute()  # type: ignore[arg-type]
+    finally:
+        if claim is not None:
             claim.release()
-    if budget is not None:
-        store.update("run", store.run, {"budget": budget})
-    return _execute(root, graph, store, claim, workers, budget, heartbeat, who, fmt)
-
-
-def _execute(root: Path, graph: dag.Graph, store: RunStore, claim: Claim, workers: int, budget: float | None,
-             heartbeat: float, who: str, fmt: str) -> int:
-    run_budget = budget if budget is not None else store.read("run", store.run).get("budget")
-    options = Options(workers, run_budget, heartbeat, fmt == "text" and sys.stderr.isatty(), who)
-    if store.read("run", store.run)["state"] in machine.load("run").terminal:
-        summary = _already_finished(store)  # a kill that landed after the run's last write: nothing to do
-    else:
-        summary = Orchestrator(root, graph, store, options, claim).execute()
     if options.progress:
         sys.stderr.write("\n")
     emit(fmt, summary._asdict(), lambda s: _text(s))
