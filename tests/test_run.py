@@ -217,6 +217,14 @@ def started(repo: Path, *tids: str) -> bool:
     return all((repo / "pids" / t).is_file() and (repo / "pids" / t).read_text().strip() for t in tids)
 
 
+def logged_start(repo: Path, tid: str) -> bool:
+    """Whether the log holds the task's start (a start is written down a moment after the job
+    began: at most orchestrator.FLUSH_S later)."""
+    if not list((repo / ".ledger" / "runs").glob("*/events.jsonl")):
+        return False
+    return any(e["id"] == tid and e["to"] == "RUNNING" for e in events(repo))
+
+
 def task_state(repo: Path, tid: str) -> str:
     return read(repo, "task", tid)["state"]
 
@@ -669,7 +677,7 @@ def test_a_killed_scheduler_s_jobs_die_with_it(repo: Path) -> None:
 def test_resume_kills_the_jobs_a_dead_scheduler_left_when_its_watchdog_died_too(repo: Path) -> None:
     setup(repo, ws("a", task("t1", sleeper(30))), max_attempts=1)
     proc = start(repo, "run", "p", "--workers", "1")
-    wait_for(lambda: (repo / "pids" / "t1").exists() and (repo / "pids" / "t1").read_text())
+    wait_for(lambda: started(repo, "t1") and logged_start(repo, "t1"))
     job = int((repo / "pids" / "t1").read_text())
     os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its watchdog at once; the job is in a session of its own
     finish(proc)

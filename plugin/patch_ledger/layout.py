@@ -21,12 +21,13 @@ LAYOUT: tuple[tuple[str, str], ...] = (
     ("event", ".ledger/runs/{run}/events.jsonl"),
 )
 
+_PATTERNS = dict(LAYOUT)
 _SEGMENT = r"[^/]+"
 
 
 def path_of(kind: str, run: str, doc_id: str) -> str:
     """Where the file of entity `doc_id` of `kind` in `run` lives."""
-    return dict(LAYOUT)[kind].format(run=run, id=doc_id)
+    return _PATTERNS[kind].format(run=run, id=doc_id)
 
 
 def _regex(pattern: str, named: bool) -> str:

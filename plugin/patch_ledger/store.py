@@ -47,6 +47,7 @@ class RunStore:
         self._made = 0
         self._unsynced = False  # files written since the last sync (`final` ones)
         self._last_at: str | None = None
+        self._present: set[Path] = set()  # files and directories known to exist: spared a stat each write
 
     def read(self, kind: str, doc_id: str) -> Doc:
         key = (kind, doc_id)
@@ -65,8 +66,10 @@ class RunStore:
              fields: Mapping[str, Any] | None = None) -> Doc:
         """`doc_id` to state `to`, with `fields` set (a field set to None is removed)."""
         given = dict(fields or {})
-        doc = {k: v for k, v in self.read(kind, doc_id).items() if given.get(k, 0) is not None}
-        kept = {k: v for k, v in given.items() if v is not None}
+        doc, kept = self.read(kind, doc_id), given
+        if None in given.values():  # fields to drop
+            doc = {k: v for k, v in doc.items() if given.get(k, 0) is not None}
+            kept = {k: v for k, v in given.items() if v is not None}
         return self._save(kind, machine.advance(doc, kind, to, actor, reason, at=at, fields=kept), given)
 
     def update(self, kind: str, doc_id: str, fields: Mapping[str, Any]) -> Doc:
@@ -79,7 +82,7 @@ class RunStore:
             # time, and a log written with given times (a replay, the demo) stays in order
             event = {"schema_version": schemas.CURRENT_VERSION, "seq": self._seq, "at": self._last_at or machine.now(),
                      "type": "update", "entity": kind, "id": doc_id, "data": dict(fields)}
-            self._events.append(json.dumps(event, separators=(",", ":")) + "\n")
+            self._events.append(_line(event))
         self._keep(kind, doc)
         return doc
 
@@ -116,7 +119,7 @@ class RunStore:
                  "reason": step["reason"]}
         if data:
             event["data"] = data  # what `load` needs to rebuild the file from the log
-        self._events.append(json.dumps(event, separators=(",", ":")) + "\n")
+        self._events.append(_line(event))
         self._keep(kind, doc)
         return doc
 
@@ -162,7 +165,7 @@ class RunStore:
         spares = self._spares()
         staged = []
         for target, doc in files:
-            fresh = not target.exists()
+            fresh = target not in self._present and not target.exists()
             if fresh or not self._pool:
                 self._made += 1
                 spare = spares / f"{'new' if fresh else 'spare'}-{self._made}"
@@ -183,10 +186,13 @@ class RunStore:
                     os.close(fd)
         for spare, target, fresh in staged:
             if fresh:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.parent not in self._present:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._present.add(target.parent)
                 os.rename(spare, target)
             elif _swap(spare, target):
                 self._pool.append(spare)
+            self._present.add(target)
 
     def _spares(self) -> Path:
         """Where the files' spares live: in the repository's git directory, on the same file
@@ -237,6 +243,12 @@ class RunStore:
 
 
 _compact = json.JSONEncoder(separators=(", ", ": "), ensure_ascii=False).encode  # the C encoder
+_tight = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dumps with options makes one a call
+
+
+def _line(event: Doc) -> str:
+    """An event as a line of the log."""
+    return _tight(event) + "\n"
 
 
 def dump(doc: Doc) -> str:
