@@ -151,6 +151,7 @@ class Sized(NamedTuple):
     loop: float  # the run's own `duration_s`: its loop, after the run's files exist
     dry: float | None  # `ledger run --dry-run` (start, plan read, graph): 1,000 only
     floor: float | None  # the DAG through our job plumbing with no state kept (jobs_floor.py): 1,000 only
+    bare: float | None  # the DAG through a bare Python loop (jobs_bare.py): 1,000 only
     note: str
 
 
@@ -170,9 +171,12 @@ def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds
     if timed(make_argv, repo, env, base / "make-first.out").rc != 0:
         note = note or "make failed"
     floor_argv = [sys.executable, str(HERE.parent / "jobs_floor.py"), str(repo), f".ledger/plans/{PLAN}.yaml", str(WORKERS)]
-    if with_dry and timed(floor_argv, repo, env, base / "floor-first.out").rc != 0:
-        note = note or "the workers' floor failed"
-    commands = ["ours", "make", *(["dry", "floor"] if with_dry else [])]
+    (base / "dag.json").write_text(json.dumps(dag(n)))
+    bare_argv = [sys.executable, str(HERE.parent / "jobs_bare.py"), str(base / "dag.json"), str(WORKERS)]
+    for name, argv in (("floor", floor_argv), ("bare loop", bare_argv)):
+        if with_dry and timed(argv, repo, env, base / f"{name}-first.out").rc != 0:
+            note = note or f"the {name} failed"
+    commands = ["ours", "make", *(["dry", "floor", "bare"] if with_dry else [])]
     times: dict[str, list[float]] = {c: [] for c in commands}
     loops: list[float] = []
     for r in range(rounds):
@@ -188,13 +192,15 @@ def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds
                 took = timed(make_argv, repo, env, out)
             elif c == "floor":
                 took = timed(floor_argv, repo, env, out)
+            elif c == "bare":
+                took = timed(bare_argv, repo, env, out)
             else:
                 took = timed([*ours_argv, "--dry-run"], repo, env, out)
             times[c].append(took.seconds)
     med = {c: statistics.median(t) for c, t in times.items()}
     print(f"run of {n:,}, {rounds} rounds: " + "; ".join(f"{c} {min(t):.2f}-{max(t):.2f} s" for c, t in times.items()))
     return Sized(n, med["ours"], med["make"], statistics.median(loops) if loops else float("nan"), med.get("dry"),
-                 med.get("floor"), note)
+                 med.get("floor"), med.get("bare"), note)
 
 
 # ---------------------------------------------------------------- the rows
@@ -214,6 +220,10 @@ def rows(tmp: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
         # durable; ledger run's state costs what lies between it and ours
         out.append(Row(f"(k) the design's floor: the DAG on {WORKERS} workers through our job plumbing, no state / make",
                        first.floor, first.make, None))
+    if first.bare is not None:
+        # Python's own floor: a loop of posix_spawn and waitpid over a ready-made DAG
+        out.append(Row(f"(k) a bare Python loop: the DAG on {WORKERS} workers, posix_spawn and waitpid only / make",
+                       first.bare, first.make, None))
     for s in sized[1:]:
         per = s.ours / s.n
         out.append(Row(f"(k) {s.n:,} tasks: {per * 1e3:.2f} ms a task, {per / per_first:.2f}x the {first.n:,}'s "
