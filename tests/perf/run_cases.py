@@ -2,7 +2,8 @@
 DAG: N no-op tasks (`run: "true"`; make's recipe `@true`), 2 workers, every transition durable
 in ours. Target: at N = 1,000, at most 1.5x make's wall time. N = 5,000 and 10,000 are shown
 for information: the time a task, and how it compares with the 1,000's (linear scaling keeps
-it near 1x).
+it near 1x). Last, for information, 200 tasks of `sleep 0.05` on the same DAG shape against
+make: what our cost a task weighs once a task takes time.
 
 Run by tests/perf/run.py (group `run`). Each round of ours is a fresh run, as a user starts one
 (`ledger run dag --workers 2`, a new run id), in a fresh copy of the repository made before
@@ -35,6 +36,11 @@ from bench import Row, Target, git  # noqa: E402
 SIZES = ((1_000, 9), (5_000, 3), (10_000, 3))  # (tasks, rounds); the first carries the target
 if os.environ.get("LEDGER_BENCH_RUN_SIZES"):  # e.g. "1000:5" while working on the scheduler
     SIZES = tuple(tuple(int(x) for x in size.split(":")) for size in os.environ["LEDGER_BENCH_RUN_SIZES"].split(","))  # type: ignore[misc]
+# For information: the same DAG shape with tasks that do something, where a task's cost to us
+# is set against its own time (tasks, rounds, command); LEDGER_BENCH_RUN_WORK=0 leaves it out.
+WORK = (200, 3, "sleep 0.05")
+if os.environ.get("LEDGER_BENCH_RUN_WORK") == "0":
+    WORK = None  # type: ignore[assignment]
 TARGET = Target(1.5)
 WORKERS = 2
 PLAN = "dag"
@@ -73,36 +79,36 @@ def dag(n: int) -> list[list[int]]:
     return deps
 
 
-def plan_text(deps: list[list[int]], version: int) -> str:
+def plan_text(deps: list[list[int]], version: int, command: str = "true") -> str:
     lines = [f"schema_version: {version}", f"name: {PLAN}", "workstreams:"]
     for i, before in enumerate(deps):
         if i % WS_SIZE == 0:
             lines += [f"  - id: ws-{i // WS_SIZE:03d}", "    tasks:"]
         after = f", depends_on: [{', '.join(task_id(d) for d in before)}]" if before else ""
-        lines.append(f"      - {{id: {task_id(i)}, run: \"true\"{after}}}")
+        lines.append(f"      - {{id: {task_id(i)}, run: \"{command}\"{after}}}")
     return "\n".join(lines) + "\n"
 
 
-def makefile_text(deps: list[list[int]]) -> str:
+def makefile_text(deps: list[list[int]], command: str = "true") -> str:
     ids = [task_id(i) for i in range(len(deps))]
     lines = [f".PHONY: all {' '.join(ids)}", f"all: {' '.join(ids)}"]
     for i, before in enumerate(deps):
-        lines += [f"{ids[i]}: {' '.join(task_id(d) for d in before)}".rstrip(), "\t@true"]
+        lines += [f"{ids[i]}: {' '.join(task_id(d) for d in before)}".rstrip(), f"\t@{command}"]
     return "\n".join(lines) + "\n"
 
 
-def template(where: Path, env: dict[str, str], n: int) -> Path:
+def template(where: Path, env: dict[str, str], n: int, command: str = "true") -> Path:
     """A git repository whose one commit holds the plan (.ledger/plans/dag.yaml) and the Makefile."""
     from patch_ledger import schemas
 
     deps = dag(n)
     (where / ".ledger" / "plans").mkdir(parents=True)
-    (where / ".ledger" / "plans" / f"{PLAN}.yaml").write_text(plan_text(deps, schemas.CURRENT_VERSION))
-    (where / "Makefile").write_text(makefile_text(deps))
+    (where / ".ledger" / "plans" / f"{PLAN}.yaml").write_text(plan_text(deps, schemas.CURRENT_VERSION, command))
+    (where / "Makefile").write_text(makefile_text(deps, command))
     git(where, env, "init", "-q", "-b", "main")
     git(where, env, "config", "commit.gpgsign", "false")
     git(where, env, "add", "-A")
-    git(where, env, "commit", "-q", "--no-verify", "-m", f"a DAG of {n:,} no-op tasks")
+    git(where, env, "commit", "-q", "--no-verify", "-m", f"a DAG of {n:,} tasks: {command}")
     return where
 
 
@@ -155,11 +161,12 @@ class Sized(NamedTuple):
     note: str
 
 
-def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds: int, with_dry: bool) -> Sized:
+def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds: int, with_dry: bool,
+                 command: str = "true") -> Sized:
     """Interleaved rounds, each command starting one further along the list, each run of ours in
     its own copy of the repository (copies made, and synced, before anything is timed)."""
-    base = tmp / f"run-{n}"
-    repo = template(base / "template", env, n)
+    base = tmp / (f"run-{n}" if command == "true" else f"run-{n}-work")
+    repo = template(base / "template", env, n, command)
     copies = [shutil.copytree(repo, base / f"round-{k}", symlinks=True) for k in range(rounds + 1)]
     os.sync()
     ours_argv = [ledger_bin, "run", PLAN, "--workers", str(WORKERS), "--format", "json"]
@@ -228,6 +235,11 @@ def rows(tmp: Path, env: dict[str, str], ledger_bin: str) -> list[Row]:
         per = s.ours / s.n
         out.append(Row(f"(k) {s.n:,} tasks: {per * 1e3:.2f} ms a task, {per / per_first:.2f}x the {first.n:,}'s "
                        f"(make: {s.make / s.n * 1e3:.2f} ms)", s.ours, s.make, None, s.note))
+    if WORK is not None:
+        n, rounds, command = WORK
+        work = measure_size(tmp, env, ledger_bin, n, rounds, with_dry=False, command=command)
+        out.append(Row(f"(k) {n:,} tasks of `{command}`, same DAG shape, {WORKERS} workers / make -s -j{WORKERS}",
+                       work.ours, work.make, None, work.note))
     return out
 
 
