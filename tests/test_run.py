@@ -74,10 +74,13 @@ def cli_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
 
-def start(repo: Path, *args: str) -> subprocess.Popen[str]:
-    """`ledger ARGS` started in its own process group (so a test can signal it as a terminal would)."""
+def start(repo: Path, *args: str, session: bool = True) -> subprocess.Popen[str]:
+    """`ledger ARGS` started in its own process group (so a test can signal it as a terminal
+    would), in a session of its own; or, without `session`, in ours: a process group that
+    Ctrl-Z stops (the kernel ignores it in a group with no parent in its session)."""
     return subprocess.Popen([sys.executable, "-m", "patch_ledger", *args], cwd=repo, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=session,
+                            preexec_fn=None if session else os.setpgrp)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -674,13 +677,38 @@ def test_a_killed_scheduler_s_jobs_die_with_it(repo: Path) -> None:
     wait_for(lambda: not any(alive(j) for j in jobs), timeout=2)
 
 
+def test_killing_the_scheduler_s_process_group_kills_its_jobs_too(repo: Path) -> None:
+    """kill -9 -PGID (what ends a shell's job): the watchdog lives in a session of its own and
+    outlives it, then cleans up."""
+    setup(repo, ws("a", task("t1", sleeper(30))), max_attempts=1)
+    proc = start(repo, "run", "p", "--workers", "1")
+    wait_for(lambda: started(repo, "t1"))
+    job = int((repo / "pids" / "t1").read_text())
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc)
+    wait_for(lambda: not alive(job), timeout=2)
+
+
+def kill_with_its_watchdog(proc: subprocess.Popen[str]) -> None:
+    """The scheduler and its watchdog killed at once (an OOM killer's sweep, a container's
+    end); the jobs, in sessions of their own, are left."""
+    watchdog = watchdog_of(proc.pid)
+    os.kill(watchdog, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc)
+
+
+def watchdog_of(scheduler: int) -> int:
+    children = Path(f"/proc/{scheduler}/task/{scheduler}/children").read_text().split()
+    return next(int(c) for c in children if b"patch_ledger.watchdog" in Path(f"/proc/{c}/cmdline").read_bytes())
+
+
 def test_resume_kills_the_jobs_a_dead_scheduler_left_when_its_watchdog_died_too(repo: Path) -> None:
     setup(repo, ws("a", task("t1", sleeper(30))), max_attempts=1)
     proc = start(repo, "run", "p", "--workers", "1")
     wait_for(lambda: started(repo, "t1") and logged_start(repo, "t1"))
     job = int((repo / "pids" / "t1").read_text())
-    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its watchdog at once; the job is in a session of its own
-    finish(proc)
+    kill_with_its_watchdog(proc)
     assert alive(job)
     plan = repo / ".ledger" / "plans" / "p.yaml"
     plan.write_text(plan.read_text().replace("sleep 30", "sleep 0.01"))
@@ -752,8 +780,7 @@ def test_a_resume_that_stops_early_still_kills_what_the_dead_scheduler_left(repo
     proc = start(repo, "run", "p", "--workers", "1")
     wait_for(lambda: started(repo, "t1"))
     job = int((repo / "pids" / "t1").read_text())
-    os.killpg(proc.pid, signal.SIGKILL)  # the scheduler and its watchdog
-    finish(proc)
+    kill_with_its_watchdog(proc)
     assert alive(job)
     before = sorted(p.name for p in (repo / ".git" / "ledger" / "runs" / run_id(repo)).iterdir())
     assert ledger(repo, "run", "--resume", run_id(repo), "--dry-run").returncode == 0
@@ -776,10 +803,12 @@ def test_a_closed_terminal_takes_the_jobs_down_with_the_run(repo: Path) -> None:
 
 def test_ctrl_z_then_fg_carries_on(repo: Path) -> None:
     setup(repo, ws("a", task("t1", sleeper(0.5)), task("t2", sleeper(0.5))))
-    proc = start(repo, "run", "p", "--workers", "1", "--heartbeat", "0.3")
+    proc = start(repo, "run", "p", "--workers", "1", "--heartbeat", "0.3", session=False)
     wait_for(lambda: started(repo, "t1"))
     os.killpg(proc.pid, signal.SIGTSTP)
-    time.sleep(1.5)  # five intervals: both stopped, the watchdog counts nothing
+    wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T", timeout=2)
+    time.sleep(1.5)  # five intervals stopped: its watchdog, told so, counts nothing
+    assert proc.poll() is None
     os.killpg(proc.pid, signal.SIGCONT)
     assert finish(proc).returncode == 0
     assert done_lines(repo, "t1") == done_lines(repo, "t2") == ["1"]

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from patch_ledger.errors import LedgerError
-from patch_ledger.watchdog import HEADER_BYTES, MARK, RECORD_BYTES, kill_jobs
+from patch_ledger.watchdog import HEADER_BYTES, MARK, PAUSE, RECORD_BYTES, kill_jobs
 
 _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
 _BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)  # the clock of /proc/PID/stat's starttime (Linux)
@@ -163,19 +163,26 @@ class Pool:
         self.here = os.getcwd()
         self.selector = selectors.DefaultSelector()
         self.wake: int | None = None
-        self._previous: tuple[Any, int] | None = None
+        self._previous: tuple[Any, Any, int] | None = None
+        # in a session of its own: what ends our process group (a hang-up, kill -9 -PGID) leaves
+        # it to clean up after us
+        self.watchdog = subprocess.Popen([sys.executable, "-m", "patch_ledger.watchdog", str(claim.dir / SUPERVISOR),
+                                          str(heartbeat_s), str(os.getpid()), claim.token], stdin=subprocess.PIPE,
+                                         start_new_session=True)
+        self._beat_lock = threading.Lock()  # a beat and Ctrl-Z's word to the watchdog never cross
         try:  # a job's end wakes the loop: SIGCHLD, written to a pipe by the interpreter
             wake_r, wake_w = os.pipe()
             for fd in (wake_r, wake_w):
                 os.set_blocking(fd, False)
             previous_fd = signal.set_wakeup_fd(wake_w)
-            self._previous = (signal.signal(signal.SIGCHLD, lambda signum, frame: None), previous_fd)
+            on_stop = signal.getsignal(signal.SIGTSTP)  # Ctrl-Z: ours to handle only where it would stop us
+            self._previous = (signal.signal(signal.SIGCHLD, lambda signum, frame: None),
+                              signal.signal(signal.SIGTSTP, self._suspend if on_stop == signal.SIG_DFL else on_stop),
+                              previous_fd)
             self.wake, self._wake_w = wake_r, wake_w
             self.selector.register(wake_r, selectors.EVENT_READ)
         except ValueError:  # not the main thread (an embedding program): the loop polls instead
             pass
-        self.watchdog = subprocess.Popen([sys.executable, "-m", "patch_ledger.watchdog", str(claim.dir / SUPERVISOR),
-                                          str(heartbeat_s), str(os.getpid()), claim.token], stdin=subprocess.PIPE)
         self._beating = threading.Event()
         self._beat = threading.Thread(target=self._beats, name="ledger-heartbeat", daemon=True)
         self._beat.start()
@@ -186,9 +193,22 @@ class Pool:
         fd = self.watchdog.stdin.fileno()  # type: ignore[union-attr]
         while not self._beating.wait(self.heartbeat_s / 2):
             try:
-                os.write(fd, b".")
+                with self._beat_lock:
+                    os.write(fd, b".")
             except OSError:
                 return
+
+    def _suspend(self, signum: int, frame: Any) -> None:
+        """Ctrl-Z: the watchdog is told that this stop is no freeze, then we stop as the
+        terminal asked (its default action); after `fg`, the next beat ends the pause."""
+        with self._beat_lock:
+            try:
+                os.write(self.watchdog.stdin.fileno(), PAUSE)  # type: ignore[union-attr]
+            except OSError:
+                pass
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, self._suspend)
 
     def add(self, worker_id: str, logs: Path) -> Slot:
         slot = self.slots[worker_id] = Slot(worker_id, logs / f"{worker_id}.log", len(self.slots))
@@ -284,8 +304,9 @@ class Pool:
             pass
         self.watchdog.wait()
         if self._previous is not None:
-            handler, previous_fd = self._previous
-            signal.signal(signal.SIGCHLD, handler)
+            on_child, on_stop, previous_fd = self._previous
+            signal.signal(signal.SIGCHLD, on_child)
+            signal.signal(signal.SIGTSTP, on_stop)
             signal.set_wakeup_fd(previous_fd)
             self.selector.close()
             for fd in (self.wake, self._wake_w):

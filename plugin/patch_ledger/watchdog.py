@@ -10,9 +10,11 @@ the scheduler is gone (done, or killed): every process of its jobs is killed. Wh
 intervals pass with no beat, the scheduler froze: a note saying why is left beside the
 supervisor file for the run's next `--resume` (which marks its workers UNHEALTHY), then the
 scheduler is killed, then its jobs. A scheduler on a CPU is granted BUSY_FOR intervals
-first (a long computation holds the beating thread off). A SIGCONT (the watchdog and the
-scheduler continued after Ctrl-Z) starts the count again. Hang-ups and terminations are the
-scheduler's to die of; the watchdog waits for its input to close, and then cleans up.
+first (a long computation holds the beating thread off). A scheduler stopped by Ctrl-Z says
+so first (a `z` on the input; SIGSTOP, which no process can catch, says nothing and is a
+freeze): the watchdog counts nothing until its next beat. The watchdog runs in a session of
+its own, so that what ends the scheduler's process group (a hang-up, `kill -9 -PGID`) does
+not end it: it waits for its input to close, and then cleans up.
 
 Processes are found in /proc (Linux): elsewhere nothing is killed.
 
@@ -44,6 +46,7 @@ def main(supervisor: str, interval: float, scheduler: int, token: str) -> None:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGCONT, _continued)
     busy = 0  # intervals the scheduler has been silent on a CPU
+    paused = False
     poller = select.poll()
     poller.register(0, select.POLLIN)
     while True:
@@ -60,9 +63,11 @@ def main(supervisor: str, interval: float, scheduler: int, token: str) -> None:
                 f.write(f"{when} {why}: its scheduler (process {scheduler}) was killed with its jobs\n")
             os.kill(scheduler, signal.SIGKILL)
             break
-        if poller.poll(left * 1000):
-            if not os.read(0, 4096):
+        if poller.poll(None if paused else left * 1000):
+            got = os.read(0, 4096)
+            if not got:
                 break  # the scheduler is gone
+            paused = got.endswith(PAUSE)  # stopped by Ctrl-Z, or beating again after fg
             last, busy = time.monotonic(), 0
     try:
         with open(supervisor, "rb") as f:
@@ -72,6 +77,7 @@ def main(supervisor: str, interval: float, scheduler: int, token: str) -> None:
     kill_jobs(record, token)
 
 
+PAUSE = b"z"  # from a scheduler about to stop itself on Ctrl-Z: not a freeze
 HEADER_BYTES = 96  # the supervisor file: "PID TOKEN", padded, then one fixed-width record a worker
 RECORD_BYTES = 32  # "SESSION BOOTTIME" of the job a worker runs (its pid leads its session), or blank
 BUSY_FOR = 10  # intervals a silent scheduler may stay on a CPU before it counts as hung all the same
