@@ -97,8 +97,10 @@ def parse_yaml(text: str, path: str, read: Reader) -> Any:
     """YAML with the C loader when present, refusing alias bombs and resolving `$ref`
     includes (each file parsed once; the whole, expanded, within MAX_YAML_NODES)."""
     try:
-        data = _Includes(read).load(text, path, (path,))
-        _within_budget(data)
+        includes = _Includes(read)
+        data = includes.load(text, path, (path,))
+        if "&" in text or includes.parsed:  # only aliases and includes make a value count more than once
+            _within_budget(data)
     except RecursionError:
         raise InputProblem("is nested too deeply to be a configuration") from None
     return data
@@ -165,7 +167,8 @@ class _Includes:
         self.parsed: dict[str, Any] = {}
 
     def load(self, text: str, path: str, chain: tuple[str, ...]) -> Any:
-        return self._walk(_parse_one(text), path, chain, ())
+        data = _parse_one(text)
+        return self._walk(data, path, chain, ()) if "$ref" in text else data
 
     def _walk(self, data: Any, path: str, chain: tuple[str, ...], where: tuple[Any, ...]) -> Any:
         if isinstance(data, dict):
