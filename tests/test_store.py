@@ -68,6 +68,18 @@ def test_nothing_is_written_before_a_flush_and_a_flush_writes_the_log_then_every
     assert store.flush() == 0 and len(events(repo)) == 5  # nothing new: nothing written
 
 
+def test_a_run_directory_removed_under_the_store_is_made_again(repo: Path) -> None:
+    """A job may remove the run's files (a `git clean` in the repository); the next write puts
+    them back, it does not stop the run."""
+    store = new_run(repo)
+    store.flush()
+    shutil.rmtree(repo / ".ledger" / "runs" / RUN)
+    complete(store, "t1")
+    store.create("task", "t3", ACTOR, fields={"run": RUN, "workstream": "w", "attempts": 0, "max_attempts": 3})
+    store.flush()
+    assert files(repo)["tasks/t1.json"]["state"] == "COMPLETED" and files(repo)["tasks/t3.json"]["state"] == "PENDING"
+
+
 def test_autoflush_writes_every_call_at_once(repo: Path) -> None:
     store = new_run(repo, autoflush=True)
     assert files(repo)["tasks/t2.json"]["state"] == "PENDING"

@@ -41,10 +41,12 @@ def toplevel(cwd: Path | str) -> Path:
 
 def common_dir(root: Path) -> Path:
     """The repository's git directory that all its worktrees share (where .git/ledger/ lives)."""
-    return _common_dir(str(root))
+    return _common_dir(os.path.abspath(root))
 
 
-@lru_cache(maxsize=64)  # asked by each layer in turn (a run's claim, spares, worktrees): one git call a process
+# asked by each layer in turn (a run's claim, spares, worktrees): one git call a process and
+# directory (a repository made anew at the same path within one process is not noticed)
+@lru_cache(maxsize=64)
 def _common_dir(root: str) -> Path:
     common = Path(run(root, "rev-parse", "--git-common-dir").stdout.decode().strip())
     return (common if common.is_absolute() else Path(root) / common).resolve()

@@ -185,13 +185,17 @@ class RunStore:
                 finally:
                     os.close(fd)
         for spare, target, fresh in staged:
-            if fresh:
-                if target.parent not in self._present:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self._present.add(target.parent)
-                os.rename(spare, target)
-            elif _swap(spare, target):
-                self._pool.append(spare)
+            try:
+                if fresh:
+                    if target.parent not in self._present:
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        self._present.add(target.parent)
+                    os.rename(spare, target)
+                elif _swap(spare, target):
+                    self._pool.append(spare)
+            except FileNotFoundError:  # its directory was removed under us (a job's `git clean`): made again
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(spare, target)
             self._present.add(target)
 
     def _spares(self) -> Path:

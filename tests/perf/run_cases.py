@@ -180,9 +180,9 @@ def measure_size(tmp: Path, env: dict[str, str], ledger_bin: str, n: int, rounds
     floor_argv = [sys.executable, str(HERE.parent / "jobs_floor.py"), str(repo), f".ledger/plans/{PLAN}.yaml", str(WORKERS)]
     (base / "dag.json").write_text(json.dumps(dag(n)))
     bare_argv = [sys.executable, str(HERE.parent / "jobs_bare.py"), str(base / "dag.json"), str(WORKERS)]
-    for name, argv in (("floor", floor_argv), ("bare loop", bare_argv)):
+    for name, argv in (("floor", floor_argv), ("bare", bare_argv)):
         if with_dry and timed(argv, repo, env, base / f"{name}-first.out").rc != 0:
-            note = note or f"the {name} failed"
+            note = note or f"the {name} loop failed"
     commands = ["ours", "make", *(["dry", "floor", "bare"] if with_dry else [])]
     times: dict[str, list[float]] = {c: [] for c in commands}
     loops: list[float] = []
