@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from patch_ledger import dag, git, machine, patches, router, taskpatch
-from patch_ledger.errors import LedgerError
+from patch_ledger import dag, machine, router, taskpatch
 from patch_ledger.pool import Claim, Pool, Slot
 from patch_ledger.store import RunStore
+from patch_ledger.worktrees import TaskWorktrees
 
 FLUSH_S = 0.05  # the longest a transition waits in memory before it is in the fsynced event log
 CHECKPOINT_S = 1.0  # how often the state files themselves are written and synced (store.py says why)
@@ -69,6 +69,7 @@ class Orchestrator:
         self.parked: list[tuple[float, str]] = []  # tasks held back by their tool's breaker
         self.base: str | None = store.read("run", store.run).get("base")
         self.worktrees: dict[str, Path] = {}  # task -> the worktree of its attempt out (a task that produces a patch)
+        self.checkouts = TaskWorktrees(root, store.run, self.base, options.actor)
         self.to_record: list[str] = []  # tasks whose change waits for its taskpatch job
         self.to_continue: list[str] = []  # workflow tasks whose next phase waits for a worker
         self.phase_tools: dict[str, str | None] = {}  # workflow task -> the tool of its phase out
@@ -230,9 +231,7 @@ class Orchestrator:
 
     def _clear_worktrees(self, why: str) -> None:
         """Worktrees of this run no attempt is using: their changes recorded, then removed."""
-        where = git.common_dir(self.root) / "ledger" / "worktrees" / self.run
-        for wt in sorted(where.glob("*")) if where.is_dir() else ():
-            tid = wt.name.rsplit("-", 1)[0]
+        for wt, tid in self.checkouts.found():
             if wt not in self.worktrees.values() and tid in self.graph.tasks:
                 self._drop_worktree(wt, tid, why)
 
@@ -384,7 +383,7 @@ class Orchestrator:
             self.routes[tid] = (tool, why)
             attempt = self.store.read("task", tid)["attempts"] + 1
             if self._produces(task, tool):
-                self.worktrees[tid] = self._new_worktree(tid, attempt)
+                self.worktrees[tid] = self.checkouts.add(tid, attempt, task.title)
             if task.workflow is not None:
                 job = self._phase_job(tid, attempt)
             else:
@@ -419,15 +418,6 @@ class Orchestrator:
         used = task.workflow["phases"].values() if task.workflow is not None else (tool,)
         return any(t and self.graph.tools[t].get("edits_code") for t in used)
 
-    def _new_worktree(self, tid: str, attempt: int) -> Path:
-        """The task's own checkout of the run's base: nothing outside it is touched by the task."""
-        where = git.common_dir(self.root) / "ledger" / "worktrees" / self.run / f"{tid}-{attempt}"
-        if where.exists():
-            self._drop_worktree(where, tid, "left by an earlier attempt")
-        where.parent.mkdir(parents=True, exist_ok=True)
-        git.run(self.root, "worktree", "add", "--detach", "--quiet", str(where), self.base or "HEAD")
-        return where
-
     def _record_job(self, tid: str, attempt: int) -> dict[str, Any]:
         task, wt = self.graph.tasks[tid], self.worktrees[tid]
         tool = self.store.read("task", tid).get("tool") or self.options.actor
@@ -440,7 +430,7 @@ class Orchestrator:
         where = self.worktrees.pop(tid, None)
         if result.get("patch") or result.get("reason") == "the task changed nothing":
             if where is not None:
-                self._remove_worktree(where)  # its change is in the ledger (or there was none)
+                self.checkouts.remove(where)  # its change is in the ledger (or there was none)
         elif where is not None:
             reason += f"; its change was NOT recorded, so its worktree stays at {where}"
         fields = {"patch": result["patch"]} if result.get("patch") else {}
@@ -517,23 +507,7 @@ class Orchestrator:
         self._cancel_dependents(tid)
 
     def _drop_worktree(self, where: Path, tid: str, why: str) -> str:
-        """A worktree that is done with: its change recorded as a patch first (nothing an
-        attempt did is lost), then removed; kept, and said so, when recording fails."""
-        try:
-            patches.add(where, None, self.base, tid, self.options.actor, f"{self.graph.tasks[tid].title} ({why})")
-        except LedgerError as e:
-            if "no change to record" not in str(e):
-                return f"its worktree {where} stays: its change could not be recorded ({e})"
-        self._remove_worktree(where)
-        return ""
-
-    def _remove_worktree(self, where: Path) -> None:
-        git.run(self.root, "worktree", "remove", "--force", str(where), check=False)
-        if where.exists():
-            import shutil
-
-            shutil.rmtree(where, ignore_errors=True)
-            git.run(self.root, "worktree", "prune", check=False)
+        return self.checkouts.drop(where, tid, self.graph.tasks[tid].title, why)
 
     def _finish_attempt(self, tid: str, done: dict[str, Any], slot: Slot) -> None:
         task = self.store.read("task", tid)
