@@ -78,9 +78,9 @@ def start(repo: Path, *args: str, session: bool = True) -> subprocess.Popen[str]
     """`ledger ARGS` started in its own process group (so a test can signal it as a terminal
     would), in a session of its own; or, without `session`, in ours: a process group that
     Ctrl-Z stops (the kernel ignores it in a group with no parent in its session)."""
+    group: dict[str, Any] = {} if session else {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     return subprocess.Popen([sys.executable, "-m", "patch_ledger", *args], cwd=repo, env=cli_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=session,
-                            preexec_fn=None if session else os.setpgrp)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=session, **group)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -699,8 +699,14 @@ def kill_with_its_watchdog(proc: subprocess.Popen[str]) -> None:
 
 
 def watchdog_of(scheduler: int) -> int:
+    def cmdline(pid: str) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return b""  # a git call that ended meanwhile
+
     children = Path(f"/proc/{scheduler}/task/{scheduler}/children").read_text().split()
-    return next(int(c) for c in children if b"patch_ledger.watchdog" in Path(f"/proc/{c}/cmdline").read_bytes())
+    return next(int(c) for c in children if b"patch_ledger.watchdog" in cmdline(c))
 
 
 def test_resume_kills_the_jobs_a_dead_scheduler_left_when_its_watchdog_died_too(repo: Path) -> None:
@@ -801,11 +807,14 @@ def test_a_closed_terminal_takes_the_jobs_down_with_the_run(repo: Path) -> None:
     wait_for(lambda: not alive(job), timeout=3)
 
 
-def test_ctrl_z_then_fg_carries_on(repo: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTSTP, signal.SIGTTOU], ids=["ctrl-z", "background-write"])
+def test_ctrl_z_then_fg_carries_on(repo: Path, stop: int) -> None:
+    """Stopped by the terminal (Ctrl-Z, or a background run writing to it): the scheduler tells
+    its watchdog, which counts nothing until the next beat."""
     setup(repo, ws("a", task("t1", sleeper(0.5)), task("t2", sleeper(0.5))))
     proc = start(repo, "run", "p", "--workers", "1", "--heartbeat", "0.3", session=False)
     wait_for(lambda: started(repo, "t1"))
-    os.killpg(proc.pid, signal.SIGTSTP)
+    os.killpg(proc.pid, stop)
     wait_for(lambda: Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T", timeout=2)
     time.sleep(1.5)  # five intervals stopped: its watchdog, told so, counts nothing
     assert proc.poll() is None

@@ -41,6 +41,8 @@ from typing import Any, Iterator
 from patch_ledger.errors import LedgerError
 from patch_ledger.watchdog import HEADER_BYTES, MARK, PAUSE, RECORD_BYTES, kill_jobs
 
+# the terminal's stops: Ctrl-Z, and a background run reading or writing the terminal
+_STOPS = tuple(getattr(signal, name) for name in ("SIGTSTP", "SIGTTIN", "SIGTTOU") if hasattr(signal, name))
 _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
 _BOOT_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)  # the clock of /proc/PID/stat's starttime (Linux)
 COST_KEY = "ledger_cost"  # a tool's cost line: {"ledger_cost": {"tokens": 1200, "money": 0.03}}
@@ -163,22 +165,23 @@ class Pool:
         self.here = os.getcwd()
         self.selector = selectors.DefaultSelector()
         self.wake: int | None = None
-        self._previous: tuple[Any, Any, int] | None = None
+        self._previous: tuple[Any, int] | None = None
+        self._stops: dict[int, Any] = {}  # the terminal's stops we handle, with their handlers before us
         # in a session of its own: what ends our process group (a hang-up, kill -9 -PGID) leaves
         # it to clean up after us
         self.watchdog = subprocess.Popen([sys.executable, "-m", "patch_ledger.watchdog", str(claim.dir / SUPERVISOR),
                                           str(heartbeat_s), str(os.getpid()), claim.token], stdin=subprocess.PIPE,
                                          start_new_session=True)
-        self._beat_lock = threading.Lock()  # a beat and Ctrl-Z's word to the watchdog never cross
+        self._beat_lock = threading.Lock()  # a beat and a stop's word to the watchdog never cross
         try:  # a job's end wakes the loop: SIGCHLD, written to a pipe by the interpreter
             wake_r, wake_w = os.pipe()
             for fd in (wake_r, wake_w):
                 os.set_blocking(fd, False)
             previous_fd = signal.set_wakeup_fd(wake_w)
-            on_stop = signal.getsignal(signal.SIGTSTP)  # Ctrl-Z: ours to handle only where it would stop us
-            self._previous = (signal.signal(signal.SIGCHLD, lambda signum, frame: None),
-                              signal.signal(signal.SIGTSTP, self._suspend if on_stop == signal.SIG_DFL else on_stop),
-                              previous_fd)
+            self._previous = (signal.signal(signal.SIGCHLD, lambda signum, frame: None), previous_fd)
+            for signum in _STOPS:  # ours to handle only where the stop would stop us
+                if signal.getsignal(signum) == signal.SIG_DFL:
+                    self._stops[signum] = signal.signal(signum, self._suspend)
             self.wake, self._wake_w = wake_r, wake_w
             self.selector.register(wake_r, selectors.EVENT_READ)
         except ValueError:  # not the main thread (an embedding program): the loop polls instead
@@ -199,16 +202,23 @@ class Pool:
                 return
 
     def _suspend(self, signum: int, frame: Any) -> None:
-        """Ctrl-Z: the watchdog is told that this stop is no freeze, then we stop as the
-        terminal asked (its default action); after `fg`, the next beat ends the pause."""
-        with self._beat_lock:
-            try:
-                os.write(self.watchdog.stdin.fileno(), PAUSE)  # type: ignore[union-attr]
-            except OSError:
-                pass
-            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTSTP)
-        signal.signal(signal.SIGTSTP, self._suspend)
+        """A stop the terminal asked for (Ctrl-Z; a background run touching the terminal): the
+        watchdog is told that it is no freeze, then we stop as the signal's default action
+        does; after `fg`, the next beat ends the pause. Another stop meanwhile is ignored (a
+        handler run inside this one would wait for the lock this one holds)."""
+        for stop in self._stops:
+            signal.signal(stop, signal.SIG_IGN)
+        try:
+            with self._beat_lock:
+                try:
+                    os.write(self.watchdog.stdin.fileno(), PAUSE)  # type: ignore[union-attr]
+                except (OSError, ValueError):
+                    pass
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+        finally:
+            for stop in self._stops:
+                signal.signal(stop, self._suspend)
 
     def add(self, worker_id: str, logs: Path) -> Slot:
         slot = self.slots[worker_id] = Slot(worker_id, logs / f"{worker_id}.log", len(self.slots))
@@ -294,6 +304,9 @@ class Pool:
             if slot._log is not None:
                 os.close(slot._log)
                 slot._log = None
+        for signum, previous in self._stops.items():  # before the watchdog's pipe closes: a stop now is a plain one
+            signal.signal(signum, previous)
+        self._stops = {}
         self._beating.set()
         self._beat.join()
         os.close(self.devnull)
@@ -304,9 +317,8 @@ class Pool:
             pass
         self.watchdog.wait()
         if self._previous is not None:
-            on_child, on_stop, previous_fd = self._previous
+            on_child, previous_fd = self._previous
             signal.signal(signal.SIGCHLD, on_child)
-            signal.signal(signal.SIGTSTP, on_stop)
             signal.set_wakeup_fd(previous_fd)
             self.selector.close()
             for fd in (self.wake, self._wake_w):
