@@ -53,16 +53,26 @@ def refused(repo: Path, *args: str, names: str, says: tuple[str, ...] = (), cwd:
     assert_bad_input(proc, names, says)
 
 
+# Starts `ledger` and writes its peak memory to the file argv[1]. A process started from this
+# test's own (exec after vfork) inherits its high-water mark of memory: measured from a small
+# process instead, the peak is ledger's own, however much the tests before grew this one.
+_MEASURE = """import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def ledger_measured(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
     """`ledger ARGS` and the peak resident memory, in bytes, of it and the processes it ran."""
-    out, err = cwd.parent / "out.txt", cwd.parent / "err.txt"
+    out, err, peak = cwd.parent / "out.txt", cwd.parent / "err.txt", cwd.parent / "peak.txt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    argv = [sys.executable, "-m", "patch_ledger", *args]
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "patch_ledger", *args], cwd=cwd, stdout=o, stderr=e, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read_text(), err.read_text())
-    return result, usage.ru_maxrss * 1024
+        code = subprocess.run([sys.executable, "-c", _MEASURE, str(peak), *argv], cwd=cwd, stdout=o, stderr=e, env=env).returncode
+    result = subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
+    return result, int(peak.read_text())
 
 
 # --- files that are no state file ----------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from patch_ledger import documents
 from tests.builders import commit, git, ledger, task, write
 from tests.test_bad_input import CONFIG, TASK, assert_bad_input, refused
 
@@ -62,6 +63,13 @@ def test_includes_cannot_multiply_into_a_bomb(repo: Path) -> None:
     started = time.monotonic()
     refused(repo, "check", CONFIG, names=CONFIG, says=("over 100000",))
     assert time.monotonic() - started < 10
+
+
+def test_a_large_document_that_shares_nothing_is_no_bomb() -> None:
+    """Over the limit, an `&` in a command, but no alias: read, not refused as a bomb."""
+    text = "".join(f"- {{id: t{i:05d}, run: 'make a && make b'}}\n" for i in range(25_000))
+    data = documents.parse_yaml(text, ".ledger/plans/big.yaml", lambda path: None)
+    assert len(data) == 25_000 and data[-1]["run"] == "make a && make b"
 
 
 def test_a_malformed_previous_version_is_no_crash(repo: Path) -> None:

@@ -124,39 +124,47 @@ def _parse_one(text: str) -> Any:
 
 
 def _refuse_bombs(root: Any) -> None:
-    sizes: dict[int, int] = {}
+    """Aliases that would expand the node graph past MAX_YAML_NODES (a billion laughs)."""
+    def children(node: Any) -> list[Any]:
+        items = node.value if isinstance(node.value, list) else []
+        return [c for pair in items for c in (pair if isinstance(pair, tuple) else (pair,))]
 
-    def size(node: Any) -> int:
-        key = id(node)
-        if key not in sizes:
-            sizes[key] = 0  # a recursive alias counts once
-            children = node.value if isinstance(node.value, list) else []
-            flat = [c for pair in children for c in (pair if isinstance(pair, tuple) else (pair,))]
-            sizes[key] = 1 + sum(size(c) for c in flat)
-            if sizes[key] > MAX_YAML_NODES:
-                raise InputProblem(f"expands to over {MAX_YAML_NODES} nodes through aliases (a YAML bomb?); write it out plainly")
-        return sizes[key]
-
-    size(root)
+    total, shared = _expanded(root, children)
+    if shared and total > MAX_YAML_NODES:
+        raise InputProblem(f"expands to over {MAX_YAML_NODES} nodes through aliases (a YAML bomb?); write it out plainly")
 
 
 def _within_budget(data: Any) -> None:
     """Shared values (aliases, a file included many times) count each time they appear."""
-    sizes: dict[int, int] = {}
+    def children(value: Any) -> Any:
+        return value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
 
-    def size(value: Any) -> int:
-        if not isinstance(value, (dict, list)):
+    total, shared = _expanded(data, children)
+    if shared and total > MAX_YAML_NODES:
+        raise InputProblem(f"expands to over {MAX_YAML_NODES} values through aliases or $ref includes; write it out plainly")
+
+
+def _expanded(root: Any, children_of: Callable[[Any], Any]) -> tuple[int, bool]:
+    """How many items `root` holds with a shared one counted each time it appears (each
+    counted once all the same: linear however deep the sharing), and whether any is shared.
+    A large document that shares nothing is no bomb, however large."""
+    sizes: dict[int, int] = {}
+    shared = False
+
+    def size(item: Any) -> int:
+        nonlocal shared
+        children = children_of(item)
+        if children is None:
             return 1
-        key = id(value)
-        if key not in sizes:
-            sizes[key] = 0
-            children = value.values() if isinstance(value, dict) else value
-            sizes[key] = 1 + sum(size(c) for c in children)
-            if sizes[key] > MAX_YAML_NODES:
-                raise InputProblem(f"expands to over {MAX_YAML_NODES} values through aliases or $ref includes; write it out plainly")
+        key = id(item)
+        if key in sizes:
+            shared = True
+            return sizes[key]
+        sizes[key] = 0  # a recursive alias counts once
+        sizes[key] = 1 + sum(size(c) for c in children)
         return sizes[key]
 
-    size(data)
+    return size(root), shared
 
 
 class _Includes:
