@@ -10,9 +10,9 @@ the scheduler is gone (done, or killed): every process of its jobs is killed. Wh
 intervals pass with no beat, the scheduler froze: a note saying why is left beside the
 supervisor file for the run's next `--resume` (which marks its workers UNHEALTHY), then the
 scheduler is killed, then its jobs. A scheduler on a CPU is granted BUSY_FOR intervals
-first (a long computation holds the beating thread off). A scheduler stopped by Ctrl-Z says
-so first (a `z` on the input; SIGSTOP, which no process can catch, says nothing and is a
-freeze): the watchdog counts nothing until its next beat. The watchdog runs in a session of
+first (a long computation holds the beating thread off). A scheduler stopped by the terminal
+(Ctrl-Z, or reading or writing it from the background) says so first (a `z` on the input;
+SIGSTOP, which no process can catch, says nothing and is a freeze): the watchdog counts nothing until its next beat. The watchdog runs in a session of
 its own, so that what ends the scheduler's process group (a hang-up, `kill -9 -PGID`) does
 not end it: it waits for its input to close, and then cleans up.
 
