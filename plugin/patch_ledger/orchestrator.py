@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from patch_ledger import dag, machine, router, taskpatch
+from patch_ledger import dag, machine, router
 from patch_ledger.pool import Claim, Pool, Slot
 from patch_ledger.store import RunStore
 from patch_ledger.worktrees import TaskWorktrees
@@ -425,6 +425,8 @@ class Orchestrator:
         return {"argv": argv, "cwd": str(wt), "env": {}, "timeout": None, "task": tid, "attempt": attempt, "phase": "patch"}
 
     def _finish_patch(self, tid: str, done: dict[str, Any]) -> None:
+        from patch_ledger import taskpatch  # its gates and their plugins: only a run with a patch to record loads them
+
         result = taskpatch.result_of(done["excerpt"]) or {}
         reason = result.get("reason") or f"recording its change ended with exit code {done['rc']}"
         where = self.worktrees.pop(tid, None)

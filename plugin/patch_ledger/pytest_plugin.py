@@ -125,7 +125,7 @@ class Recorder:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         from patch_ledger import gating, git, targets
-        from patch_ledger.commands.patch import actor_of
+        from patch_ledger.commands import actor_of
         from patch_ledger.errors import LedgerError
         from patch_ledger.hookspecs import Outcome
 

@@ -6,7 +6,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Mapping, Sequence
 
 from patch_ledger import gating, git, results, targets
-from patch_ledger.commands.patch import actor_of
+from patch_ledger.commands import actor_of
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.report import emit
 

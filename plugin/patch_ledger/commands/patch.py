@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
-import os
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from patch_ledger import git, ledger, lifecycle, machine, patches, results
+from patch_ledger.commands import actor_of
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.report import emit
-
-
-def actor_of(root: Path, given: str | None) -> str:
-    """Who acts: --actor, else git's user.name, else the login name."""
-    if given and given.strip():
-        return given.strip()
-    name = git.run(root, "config", "user.name", check=False).stdout.decode().strip()
-    return name or os.environ.get("LEDGER_ACTOR") or getpass.getuser() or "unknown"
 
 
 def _line(p: ledger.Patch) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from patch_ledger import config, dag, git, machine, plans, router
-from patch_ledger.commands.patch import actor_of
+from patch_ledger.commands import actor_of
 from patch_ledger.errors import CHECK_FAILED, OK, LedgerError
 from patch_ledger.orchestrator import Options, Orchestrator, Summary
 from patch_ledger.pool import Claim
