@@ -12,9 +12,10 @@ supervisor file for the run's next `--resume` (which marks its workers UNHEALTHY
 scheduler is killed, then its jobs. A scheduler on a CPU is granted BUSY_FOR intervals
 first (a long computation holds the beating thread off). A scheduler stopped by the terminal
 (Ctrl-Z, or reading or writing it from the background) says so first (a `z` on the input;
-SIGSTOP, which no process can catch, says nothing and is a freeze): the watchdog counts nothing until its next beat. The watchdog runs in a session of
-its own, so that what ends the scheduler's process group (a hang-up, `kill -9 -PGID`) does
-not end it: it waits for its input to close, and then cleans up.
+SIGSTOP, which no process can catch, says nothing and is a freeze): the watchdog counts
+nothing until its next beat. The watchdog runs in a session of its own, so that what ends
+the scheduler's process group (a hang-up, `kill -9 -PGID`) does not end it: it waits for its
+input to close, and then cleans up.
 
 Processes are found in /proc (Linux): elsewhere nothing is killed.
 
@@ -77,7 +78,7 @@ def main(supervisor: str, interval: float, scheduler: int, token: str) -> None:
     kill_jobs(record, token)
 
 
-PAUSE = b"z"  # from a scheduler about to stop itself on Ctrl-Z: not a freeze
+PAUSE = b"z"  # from a scheduler about to stop as the terminal asked (Ctrl-Z): not a freeze
 HEADER_BYTES = 96  # the supervisor file: "PID TOKEN", padded, then one fixed-width record a worker
 RECORD_BYTES = 32  # "SESSION BOOTTIME" of the job a worker runs (its pid leads its session), or blank
 BUSY_FOR = 10  # intervals a silent scheduler may stay on a CPU before it counts as hung all the same
